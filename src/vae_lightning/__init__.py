@@ -1,0 +1,3 @@
+"""Variational autoencoders with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

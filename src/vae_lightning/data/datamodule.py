@@ -1,0 +1,211 @@
+"""MNIST and Fashion-MNIST as a LightningDataModule, from local IDX files or a download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import PILToTensor
+
+from vae_lightning.data.idx import DataFileError, read_image_label_pair
+from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
+
+# Our dataset names -> torchvision class names (which also name torchvision's raw folders).
+TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+Binarize = Literal["dynamic", "static", "none"]
+
+
+def candidate_dirs(roots: list[Path], dataset: str) -> list[Path]:
+    """Folders that may hold the IDX files: each root itself and torchvision's raw layout."""
+    return [folder for root in roots for folder in (root, root / TORCHVISION_NAMES[dataset] / "raw")]
+
+
+def find_file(folders: list[Path], name: str) -> Path | None:
+    for folder in folders:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def to_unit_interval(images: Tensor) -> Tensor:
+    """uint8 pixels -> float in [0, 1]; float images (from a transform) pass through."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
+def binarize_with_seed(images: Tensor, seed: int) -> Tensor:
+    """A fixed Bernoulli draw per pixel, stored as uint8 0/255 so it reloads as exact 0/1."""
+    probs = to_unit_interval(images)
+    draws = torch.bernoulli(probs, generator=torch.Generator().manual_seed(seed))
+    return draws.to(torch.uint8).mul_(255)
+
+
+class ImageDataset(Dataset):
+    """Per-sample PIL images through a torchvision transform: the classic, flexible path."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Any = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.images[index, 0].numpy(), mode="L")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST-family images as uint8 tensors, binarized on the device batch by batch.
+
+    Binarization: ``dynamic`` draws a fresh Bernoulli sample each time a training image is
+    seen; validation and test images get one fixed, seeded draw (so figures are comparable
+    across runs); ``static`` fixes the training draw too; ``none`` keeps grey levels in [0, 1].
+    The validation split is carved out of the official training split with ``split_seed``;
+    the test split is the official one and never touches training.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        root: str = "data",
+        search_dirs: list[str] | None = None,
+        download: bool = True,
+        val_size: int = 5000,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        binarize: Binarize = "dynamic",
+        loader: Literal["tensor", "torch"] = "tensor",
+        num_workers: int = 0,
+        seed: int = 0,
+        split_seed: int = 42,
+        transform: Any = None,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+    ) -> None:
+        super().__init__()
+        if dataset not in TORCHVISION_NAMES:
+            raise ValueError(f"data.dataset={dataset!r}; choose one of {list(TORCHVISION_NAMES)}")
+        self.dataset, self.root, self.download = dataset, Path(root), download
+        self.search_dirs = [Path(p) for p in search_dirs or []]
+        self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
+        self.binarize, self.loader, self.num_workers = binarize, loader, num_workers
+        self.seed, self.split_seed = seed, split_seed
+        self.transform = transform if transform is not None else PILToTensor()
+        self.image_shape = tuple(image_shape)
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self._download_error: Exception | None = None
+
+    # ----------------------------------------------------------------- files
+    @property
+    def folders(self) -> list[Path]:
+        return candidate_dirs([self.root, *self.search_dirs], self.dataset)
+
+    def split_files(self, split: str) -> tuple[Path, Path]:
+        found = [find_file(self.folders, name) for name in SPLIT_FILES[split]]
+        if None in found:
+            raise DataFileError(self._missing_files_message(split))
+        return found[0], found[1]
+
+    def _missing_files_message(self, split: str) -> str:
+        names = ", ".join(f"{n}[.gz]" for n in SPLIT_FILES[split])
+        where = ", ".join(str(f) for f in self.folders)
+        if not self.download:
+            why = "Downloading is off (data.download=false)."
+        elif self._download_error is not None:
+            why = f"The download failed ({self._download_error})."
+        else:
+            why = "They were not downloaded."
+        return (
+            f"{self.dataset} {split} files not found: looked for {names} in {where}. {why} "
+            f"Fix it in one of two ways: run with internet access and data.download=true to "
+            f"fetch them into {self.root}, or copy the IDX files (gzipped or not) into "
+            f"data.root={self.root} (flat, or in torchvision's "
+            f"{TORCHVISION_NAMES[self.dataset]}/raw/ layout). Offline, "
+            "`apt-get install dataset-fashion-mnist` makes data=fashion_mnist work as is."
+        )
+
+    def prepare_data(self) -> None:
+        """Download (rank 0 only, as Lightning calls it) when files are missing and allowed."""
+        missing = any(find_file(self.folders, n) is None for pair in SPLIT_FILES.values() for n in pair)
+        if not (missing and self.download):
+            return
+        from torchvision import datasets
+
+        try:
+            getattr(datasets, TORCHVISION_NAMES[self.dataset])(str(self.root), download=True)
+        except Exception as err:  # no network, mirror down, checksum mismatch: report later
+            self._download_error = err
+
+    # ---------------------------------------------------------------- splits
+    def load_split(self, split: str) -> tuple[Tensor, Tensor]:
+        return read_image_label_pair(*self.split_files(split), self.image_shape[1:])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        images, labels = self.load_split("train")
+        if not 0 < self.val_size < len(images):
+            raise ValueError(
+                f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
+                f"the training split holds {len(images)} images."
+            )
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        test_images, test_labels = self.load_split("test")
+        self.splits = {
+            "train": (images[train_idx], labels[train_idx]),
+            "val": (images[val_idx], labels[val_idx]),
+            "test": (test_images, test_labels),
+        }
+        # Fixed, seeded binarization for evaluation (and for training when static).
+        fixed = {"val", "test", "train"} if self.binarize == "static" else {"val", "test"}
+        if self.binarize != "none":
+            for offset, name in enumerate(sorted(fixed)):
+                split_images, split_labels = self.splits[name]
+                self.splits[name] = (binarize_with_seed(split_images, self.split_seed + offset), split_labels)
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool) -> Any:
+        images, labels = self.splits[split]
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if self.loader == "torch":
+            # Lightning wraps this in a DistributedSampler under DDP.
+            dataset = ImageDataset(images, labels, self.transform)
+            return DataLoader(
+                dataset,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
+        sampler = ShardedPermutation(
+            len(images), shuffle=shuffle, seed=self.seed, num_replicas=world, rank=rank, pad=shuffle
+        )
+        return TensorBatchLoader(images, labels, batch_size, sampler)
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        images = to_unit_interval(images)
+        if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
+            images = torch.bernoulli(images)
+        return images, labels

@@ -1,0 +1,81 @@
+"""Batch loaders over in-memory tensors: one indexing op per batch instead of per sample.
+
+MNIST-size data fits in memory (47 MB as uint8), so the per-sample ``__getitem__`` + collate
+of a DataLoader is pure overhead. These loaders follow DistributedSampler's semantics so that
+DDP works the same: each rank gets a disjoint shard of one seeded permutation per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class ShardedPermutation:
+    """The indices one rank visits in one epoch, as DistributedSampler would give them.
+
+    Lightning calls ``set_epoch`` on a loader's ``sampler`` at the start of every epoch,
+    with the epoch count it restores on resume, so the order is reproducible from the seed.
+    With ``pad=True`` (training) every rank gets the same number of indices, repeating a few
+    from the start as DistributedSampler does; with ``pad=False`` (evaluation) each index is
+    seen exactly once, so metrics equal those of a single process.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pad: bool = True,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.num_replicas, self.rank, self.pad = num_replicas, rank, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> Tensor:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        if self.pad and self.size % self.num_replicas:
+            extra = self.num_replicas - self.size % self.num_replicas
+            order = torch.cat([order, order[:extra]])
+        return order[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        if self.pad:
+            return -(-self.size // self.num_replicas)
+        return len(range(self.rank, self.size, self.num_replicas))
+
+
+class TensorBatchLoader:
+    """Yields ``(images[idx], labels[idx])`` for consecutive batches of a ShardedPermutation."""
+
+    def __init__(
+        self, images: Tensor, labels: Tensor, batch_size: int, sampler: ShardedPermutation
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        # Lightning reads these as it would a DataLoader's: it calls sampler.set_epoch(epoch)
+        # each epoch, and sees that no batch sampler needs replacing.
+        self.sampler = sampler
+        self.batch_sampler = None
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        indices = self.sampler.indices().to(self.images.device)
+        for batch in indices.split(self.batch_size):
+            yield self.images[batch], self.labels[batch]
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)

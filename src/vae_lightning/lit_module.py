@@ -1,0 +1,87 @@
+"""VAELitModule: the training logic around a pure VAE network. It knows no files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from vae_lightning.models.losses import ELBOTerms, elbo_terms
+from vae_lightning.models.vae import VAE, VAEOutput
+
+EVAL_STAGES = ("val", "test")
+TERMS = ELBOTerms._fields  # loss, rec, kl, elbo
+
+
+class VAELitModule(L.LightningModule):
+    """Trains a VAE on ``loss = rec + beta * kl`` and logs the ELBO terms in nats per image.
+
+    Arguments are plain data (dicts with ``_target_``), so checkpoints store only primitives
+    and ``VAELitModule.load_from_checkpoint(path)`` needs nothing else.
+
+    Args:
+        net: config of a function or class returning a :class:`VAE` (e.g. ``mlp_vae``).
+        optimizer: config of a ``torch.optim`` class, built with this module's parameters.
+        latent_dim: size of z, passed on to ``net``.
+        beta: weight of the KL term in the optimised loss (1 is the true ELBO).
+        compile: wrap the network in ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optimizer: dict[str, Any],
+        latent_dim: int = 20,
+        beta: float = 1.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: VAE = instantiate(net, latent_dim=latent_dim)
+        # Epoch means for evaluation, weighted by batch size and synced across DDP ranks, so
+        # they are exact per-image averages over the whole split.
+        self.epoch_means = torch.nn.ModuleDict(
+            {f"{stage}_{term}": MeanMetric() for stage in EVAL_STAGES for term in TERMS}
+        )
+
+    def forward(self, x: Tensor) -> VAEOutput:
+        return self.net(x)
+
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """The decoder's mean image E[x|z] (pixel probabilities of the Bernoulli decoder)."""
+        return torch.sigmoid(self.net.decode(z).float())
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.net.compile()  # in place: parameter names, hence checkpoints, stay the same
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, _ = batch
+        out = self.net(images)
+        terms = elbo_terms(out.logits, images, out.mu, out.logvar, self.hparams.beta)
+        if stage == "train":
+            # Per-step values of this rank; no device sync until the logger flushes.
+            values = {f"train/{name}": value.detach() for name, value in terms._asdict().items()}
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=len(images))
+            return terms.loss
+        for name, value in terms._asdict().items():
+            metric = self.epoch_means[f"{stage}_{name}"]
+            metric.update(value.detach(), len(images))
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
+        return terms.loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return instantiate(self.hparams.optimizer, params=self.parameters())

@@ -1,0 +1,85 @@
+"""The VAE: encode, reparameterize, decode (Kingma & Welling, 2014)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from vae_lightning.models.decoders import ConvDecoder, MLPDecoder
+from vae_lightning.models.encoders import ConvEncoder, MLPEncoder
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+class VAEOutput(NamedTuple):
+    logits: Tensor  # decoder output: Bernoulli logits per pixel, shaped like x
+    mu: Tensor  # posterior mean, (batch, latent_dim)
+    logvar: Tensor  # posterior log-variance, (batch, latent_dim)
+    z: Tensor  # the reparameterised sample that was decoded
+
+
+class VAE(nn.Module):
+    """Gaussian encoder, standard-normal prior, decoder of per-pixel likelihood parameters."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(x)
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
+        """z = mu + sigma * eps with eps ~ N(0, I): a sample differentiable in mu and logvar."""
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> VAEOutput:
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar)
+        return VAEOutput(self.decode(z), mu, logvar, z)
+
+
+def init_xavier(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every linear and (transposed) conv layer."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+def mlp_vae(
+    image_shape: Sequence[int],
+    latent_dim: int = 20,
+    hidden_dims: Sequence[int] = (400,),
+    activation: str = "relu",
+) -> VAE:
+    """Fully connected VAE; the defaults are Kingma & Welling's 784-400-20."""
+    act = ACTIVATIONS[activation]
+    encoder = MLPEncoder(image_shape, hidden_dims, latent_dim, act)
+    decoder = MLPDecoder(latent_dim, list(hidden_dims)[::-1], image_shape, act)
+    vae = VAE(encoder, decoder, latent_dim)
+    init_xavier(vae)
+    return vae
+
+
+def conv_vae(
+    image_shape: Sequence[int],
+    latent_dim: int = 32,
+    channels: Sequence[int] = (16, 32, 64),
+    hidden_dim: int = 256,
+) -> VAE:
+    """The reference convolutional VAE: conv 16/32/64, BatchNorm, ELU, 256 hidden units."""
+    encoder = ConvEncoder(image_shape, channels, hidden_dim, latent_dim)
+    decoder = ConvDecoder(latent_dim, hidden_dim, channels, image_shape)
+    vae = VAE(encoder, decoder, latent_dim)
+    init_xavier(vae)
+    return vae

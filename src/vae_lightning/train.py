@@ -1,0 +1,71 @@
+"""Entry point: ``vae-train [overrides]`` or ``python -m vae_lightning.train``.
+
+``train(cfg)`` does the work and can be called in-process (tests, notebooks); ``main`` is the
+thin Hydra wrapper that returns the optimised metric for sweepers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig
+
+# The repository's conf/, next to src/ (the package is installed editable with `pip install -e`).
+CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def instantiate_named(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``{name: {_target_: ...}}`` entry of a callbacks/logger group."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured VAE, then test its best checkpoint; return the final metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model: L.LightningModule = instantiate(cfg.model, optimizer=cfg.optimizer)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=instantiate_named(cfg.get("callbacks")),
+        logger=instantiate_named(cfg.get("logger")) or False,
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+    report(cfg, metrics, best)
+    return metrics
+
+
+def report(cfg: DictConfig, metrics: dict[str, float], best_checkpoint: str) -> None:
+    """Where the run went and how it did, printed once (rank 0)."""
+    lines = [
+        f"Run dir:          {cfg.paths.output_dir}",
+        f"Best checkpoint:  {best_checkpoint or '(none saved)'}",
+    ]
+    for name in ("val/elbo", "test/elbo"):
+        if name in metrics:
+            lines.append(f"Final {name + ':':<11} {metrics[name]:.2f} nats per image")
+    lines.append(f"TensorBoard:      tensorboard --logdir {cfg.paths.log_dir}")
+    rank_zero_info("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric", ""))
+
+
+if __name__ == "__main__":
+    main()
