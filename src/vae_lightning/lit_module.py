@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import lightning as L
@@ -14,6 +15,7 @@ from vae_lightning.models.losses import ELBOTerms, elbo_terms
 from vae_lightning.models.vae import VAE, VAEOutput
 
 EVAL_STAGES = ("val", "test")
+EVAL_SEED = 0
 TERMS = ELBOTerms._fields  # loss, rec, kl, elbo
 
 
@@ -54,6 +56,21 @@ class VAELitModule(L.LightningModule):
     def decode_mean(self, z: Tensor) -> Tensor:
         """The decoder's mean image E[x|z] (pixel probabilities of the Bernoulli decoder)."""
         return torch.sigmoid(self.net.decode(z).float())
+
+    # Evaluation draws its z samples from a fixed seed on a forked RNG, so val/test metrics
+    # depend on the weights only (a reloaded checkpoint reproduces them exactly) and the
+    # training RNG stream is left untouched.
+    def _enter_eval_rng(self) -> None:
+        self._eval_rng = contextlib.ExitStack()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        self._eval_rng.enter_context(torch.random.fork_rng(devices=cuda))
+        torch.manual_seed(EVAL_SEED)
+
+    def _exit_eval_rng(self) -> None:
+        self._eval_rng.close()
+
+    on_validation_epoch_start = on_test_epoch_start = _enter_eval_rng
+    on_validation_epoch_end = on_test_epoch_end = _exit_eval_rng
 
     def configure_model(self) -> None:
         if self.hparams.compile:

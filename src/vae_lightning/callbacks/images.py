@@ -27,14 +27,21 @@ class ReconstructionsAndSamples(L.Callback):
     so the grids show progress rather than sampling noise.
     """
 
-    def __init__(self, num_images: int = 8, num_samples: int = 64, every_n_epochs: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self, num_images: int = 8, num_samples: int = 64, every_n_epochs: int = 1, seed: int = 0
+    ) -> None:
         self.num_images, self.num_samples = num_images, num_samples
         self.every_n_epochs, self.seed = every_n_epochs, seed
         self.inputs: Tensor | None = None
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self.inputs is None and batch_idx == 0:
             self.inputs = batch[0][: self.num_images].detach().clone()

@@ -26,7 +26,9 @@ Binarize = Literal["dynamic", "static", "none"]
 
 def candidate_dirs(roots: list[Path], dataset: str) -> list[Path]:
     """Folders that may hold the IDX files: each root itself and torchvision's raw layout."""
-    return [folder for root in roots for folder in (root, root / TORCHVISION_NAMES[dataset] / "raw")]
+    return [
+        folder for root in roots for folder in (root, root / TORCHVISION_NAMES[dataset] / "raw")
+    ]
 
 
 def find_file(folders: list[Path], name: str) -> Path | None:
@@ -40,6 +42,12 @@ def find_file(folders: list[Path], name: str) -> Path | None:
 def to_unit_interval(images: Tensor) -> Tensor:
     """uint8 pixels -> float in [0, 1]; float images (from a transform) pass through."""
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
+def prepare_images(images: Tensor, fresh_draw: bool) -> Tensor:
+    """Pixels in [0, 1]; with ``fresh_draw`` a new Bernoulli sample of every pixel."""
+    probs = to_unit_interval(images)
+    return torch.bernoulli(probs) if fresh_draw else probs
 
 
 def binarize_with_seed(images: Tensor, seed: int) -> Tensor:
@@ -97,7 +105,11 @@ class MNISTDataModule(L.LightningDataModule):
             raise ValueError(f"data.dataset={dataset!r}; choose one of {list(TORCHVISION_NAMES)}")
         self.dataset, self.root, self.download = dataset, Path(root), download
         self.search_dirs = [Path(p) for p in search_dirs or []]
-        self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
+        self.val_size, self.batch_size, self.eval_batch_size = (
+            val_size,
+            batch_size,
+            eval_batch_size,
+        )
         self.binarize, self.loader, self.num_workers = binarize, loader, num_workers
         self.seed, self.split_seed = seed, split_seed
         self.transform = transform if transform is not None else PILToTensor()
@@ -136,7 +148,9 @@ class MNISTDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download (rank 0 only, as Lightning calls it) when files are missing and allowed."""
-        missing = any(find_file(self.folders, n) is None for pair in SPLIT_FILES.values() for n in pair)
+        missing = any(
+            find_file(self.folders, n) is None for pair in SPLIT_FILES.values() for n in pair
+        )
         if not (missing and self.download):
             return
         from torchvision import datasets
@@ -159,7 +173,9 @@ class MNISTDataModule(L.LightningDataModule):
                 f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
                 f"the training split holds {len(images)} images."
             )
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        order = torch.randperm(
+            len(images), generator=torch.Generator().manual_seed(self.split_seed)
+        )
         val_idx, train_idx = order[: self.val_size], order[self.val_size :]
         test_images, test_labels = self.load_split("test")
         self.splits = {
@@ -172,13 +188,18 @@ class MNISTDataModule(L.LightningDataModule):
         if self.binarize != "none":
             for offset, name in enumerate(sorted(fixed)):
                 split_images, split_labels = self.splits[name]
-                self.splits[name] = (binarize_with_seed(split_images, self.split_seed + offset), split_labels)
+                self.splits[name] = (
+                    binarize_with_seed(split_images, self.split_seed + offset),
+                    split_labels,
+                )
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool) -> Any:
         images, labels = self.splits[split]
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
         if self.loader == "torch":
             # Lightning wraps this in a DistributedSampler under DDP.
             dataset = ImageDataset(images, labels, self.transform)
@@ -190,7 +211,12 @@ class MNISTDataModule(L.LightningDataModule):
                 persistent_workers=self.num_workers > 0,
             )
         sampler = ShardedPermutation(
-            len(images), shuffle=shuffle, seed=self.seed, num_replicas=world, rank=rank, pad=shuffle
+            len(images),
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+            pad=shuffle,
         )
         return TensorBatchLoader(images, labels, batch_size, sampler)
 
@@ -204,8 +230,7 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Float conversion and dynamic binarization, on the whole batch, on its device."""
         images, labels = batch
-        images = to_unit_interval(images)
-        if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
-            images = torch.bernoulli(images)
-        return images, labels
+        training = self.trainer is not None and self.trainer.training
+        return prepare_images(images, fresh_draw=training and self.binarize == "dynamic"), labels

@@ -25,7 +25,7 @@ class GaussianHead(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    """Flattened image -> hidden layers -> (mu, logvar), as in Kingma & Welling (784-400-latent)."""
+    """Flattened image -> hidden layers -> (mu, logvar); Kingma & Welling use 784-400-latent."""
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class ConvEncoder(nn.Module):
-    """The reference CNN encoder: conv 16/32/64 (28 -> 14 -> 7 -> 4), a hidden layer, Gaussian head."""
+    """The reference CNN encoder: conv 16/32/64 (28 -> 14 -> 7 -> 4), hidden layer, Gaussian."""
 
     def __init__(
         self,

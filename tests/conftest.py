@@ -1,0 +1,94 @@
+"""Shared fixtures: small generated IDX datasets and composed Hydra configs."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+SHARED_MNIST = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as an IDX file (gzipped when the name ends in .gz)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def make_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images with class-dependent structure (a bright bar whose position is the label)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=count).astype(np.uint8)
+    images = rng.integers(0, 40, size=(count, 28, 28)).astype(np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        row = 2 + 2 * int(label)
+        image[row : row + 3, 4:24] = 230
+    return images, labels
+
+
+def write_split(
+    folder: Path, split: str, images: np.ndarray, labels: np.ndarray, gz: bool
+) -> None:
+    suffix = ".gz" if gz else ""
+    image_name, label_name = SPLIT_FILES[split]
+    write_idx(folder / f"{image_name}{suffix}", images)
+    write_idx(folder / f"{label_name}{suffix}", labels)
+
+
+def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gz: bool = True) -> Path:
+    write_split(folder, "train", *make_digits(n_train, seed=1), gz=gz)
+    write_split(folder, "test", *make_digits(n_test, seed=2), gz=gz)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def idx_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A flat folder with small gzipped MNIST-format files: 600 train, 200 test images."""
+    return write_dataset(tmp_path_factory.mktemp("idx"))
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path, idx_root: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Compose conf/train.yaml as `vae-train` would, with outputs in tmp_path and fake data."""
+
+    def _compose(overrides: list[str] = (), data_root: Path | None = None) -> DictConfig:
+        base = [
+            f"data.root={data_root or idx_root}",
+            "data.download=false",
+            "data.val_size=100",
+            f"paths.output_dir={tmp_path}",
+            f"paths.log_dir={tmp_path}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"hydra.run.dir={tmp_path}",
+        ]
+        cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,84 @@
+"""Every config group option composes and instantiates; bad overrides fail clearly."""
+
+import pytest
+import torch
+from conftest import CONF_DIR
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from vae_lightning.data import MNISTDataModule
+from vae_lightning.lit_module import VAELitModule
+from vae_lightning.train import instantiate_named
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_groups_hold_the_documented_options():
+    assert options("model") == ["conv", "mlp"]
+    assert options("data") == ["fashion_mnist", "mnist"]
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
+    assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
+    assert options("debug") == ["fast"]
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+def test_model_and_optimizer_instantiate(compose_train, model, optimizer):
+    cfg = compose_train([f"model={model}", f"optimizer={optimizer}", "model.latent_dim=7"])
+    module = instantiate(cfg.model, optimizer=cfg.optimizer)
+    assert isinstance(module, VAELitModule)
+    assert module.net.latent_dim == 7
+    opt = module.configure_optimizers()
+    assert type(opt).__name__.lower() == optimizer
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
+    # Hyperparameters are plain data: nothing that weights_only loading would refuse.
+    assert type(module.hparams["net"]) is dict and type(module.hparams["optimizer"]) is dict
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_data_options_instantiate(compose_train, data):
+    cfg = compose_train([f"data={data}"])
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, MNISTDataModule)
+    assert dm.dataset == data
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "ddp"])
+def test_trainer_options_compose(compose_train, trainer):
+    cfg = compose_train([f"trainer={trainer}"])
+    assert cfg.trainer.gradient_clip_val == 30
+    if trainer == "ddp":
+        assert cfg.trainer.strategy == "ddp"
+
+
+def test_callbacks_and_logger_instantiate(compose_train):
+    cfg = compose_train()
+    names = {type(c).__name__ for c in instantiate_named(cfg.callbacks)}
+    assert {"ModelCheckpoint", "ReconstructionsAndSamples", "RichProgressBar"} <= names
+    assert [type(x).__name__ for x in instantiate_named(cfg.logger)] == ["TensorBoardLogger"]
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_compose(compose_train, experiment):
+    cfg = compose_train([f"experiment={experiment}"])
+    module = instantiate(cfg.model, optimizer=cfg.optimizer)
+    assert torch.isfinite(module(torch.rand(2, 1, 28, 28)).logits).all()
+
+
+def test_debug_fast_is_short(compose_train):
+    cfg = compose_train(["debug=fast"])
+    assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches <= 10
+
+
+def test_unknown_option_lists_the_available_ones(compose_train):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_train(["model=transformer"])
+    assert "Could not find 'model/transformer'" in str(info.value)
+    assert "conv" in str(info.value) and "mlp" in str(info.value)
+
+
+def test_misspelt_key_is_rejected(compose_train):
+    with pytest.raises(ConfigCompositionException, match="latnt_dim"):
+        compose_train(["model.latnt_dim=8"])

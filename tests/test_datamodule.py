@@ -1,0 +1,162 @@
+"""MNISTDataModule on generated IDX files (both layouts) and on the real MNIST test split."""
+
+import hashlib
+import shutil
+
+import pytest
+import torch
+from conftest import FASHION_MNIST, SHARED_MNIST, write_dataset
+
+from vae_lightning.data import DataFileError, MNISTDataModule
+from vae_lightning.data.datamodule import binarize_with_seed, prepare_images
+
+
+def setup_module_on(root, **kwargs):
+    dm = MNISTDataModule(root=str(root), download=False, val_size=100, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("layout", ["flat-gz", "torchvision-raw"])
+def test_layouts_give_same_data(tmp_path, idx_root, layout):
+    if layout == "flat-gz":
+        root = idx_root
+    else:
+        root = tmp_path
+        write_dataset(tmp_path / "MNIST" / "raw", gz=False)
+    dm = setup_module_on(root)
+    train_images, train_labels = dm.splits["train"]
+    assert train_images.shape == (500, 1, 28, 28) and train_images.dtype == torch.uint8
+    assert len(dm.splits["val"][0]) == 100 and len(dm.splits["test"][0]) == 200
+    reference = setup_module_on(idx_root)
+    assert torch.equal(train_labels, reference.splits["train"][1])
+
+
+def test_validation_split_is_fixed_and_disjoint_from_train(idx_root):
+    dm, again = setup_module_on(idx_root, seed=1), setup_module_on(idx_root, seed=2)
+    assert torch.equal(dm.splits["val"][0], again.splits["val"][0])  # split_seed, not seed
+    # The generated training set has 600 distinct images (random noise backgrounds).
+    train_rows = {row.numpy().tobytes() for row in dm.splits["train"][0]}
+    val_rows = {row.numpy().tobytes() for row in dm.splits["val"][0]}
+    assert len(train_rows) == 500 and not train_rows & val_rows
+
+
+def test_val_and_test_are_binarized_once_with_a_seed(idx_root):
+    dm = setup_module_on(idx_root)
+    for split in ("val", "test"):
+        values = set(dm.splits[split][0].unique().tolist())
+        assert values <= {0, 255}
+    assert dm.splits["train"][0].unique().numel() > 2  # dynamic: training keeps grey levels
+    assert torch.equal(dm.splits["val"][0], setup_module_on(idx_root).splits["val"][0])
+    static = setup_module_on(idx_root, binarize="static")
+    assert set(static.splits["train"][0].unique().tolist()) <= {0, 255}
+    grey = setup_module_on(idx_root, binarize="none")
+    assert grey.splits["val"][0].unique().numel() > 2
+
+
+def test_binarization_statistics():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2000, 1, 28, 28), dtype=torch.uint8)
+    mean_intensity = images.float().mean() / 255
+    fresh = prepare_images(images, fresh_draw=True)
+    assert set(fresh.unique().tolist()) == {0.0, 1.0}
+    assert fresh.mean().item() == pytest.approx(mean_intensity.item(), abs=2e-3)
+    assert not torch.equal(fresh, prepare_images(images, fresh_draw=True))  # a new draw
+    fixed = binarize_with_seed(images, seed=7)
+    assert torch.equal(fixed, binarize_with_seed(images, seed=7))
+    assert (fixed.float() / 255).mean().item() == pytest.approx(mean_intensity.item(), abs=2e-3)
+    grey = prepare_images(images, fresh_draw=False)
+    assert grey.min() >= 0 and grey.max() <= 1
+
+
+@pytest.mark.parametrize("loader", ["tensor", "torch"])
+def test_loaders_yield_float_ready_batches(idx_root, loader):
+    dm = setup_module_on(idx_root, loader=loader, batch_size=32)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 1, 28, 28) and labels.shape == (32,)
+    prepared, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert prepared.dtype == torch.float32 and prepared.min() >= 0 and prepared.max() <= 1
+    assert sum(len(batch[0]) for batch in dm.val_dataloader()) == 100
+
+
+def test_missing_files_error_says_where_and_how_to_fix(tmp_path):
+    dm = MNISTDataModule(root=str(tmp_path / "nowhere"), download=False)
+    dm.prepare_data()
+    with pytest.raises(DataFileError) as info:
+        dm.setup("fit")
+    message = str(info.value)
+    assert "train-images-idx3-ubyte[.gz]" in message and "train-labels-idx1-ubyte[.gz]" in message
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
+    assert "data.download=false" in message and "copy the IDX files" in message
+    assert "data.download=true" in message
+
+
+def test_download_failure_is_reported(tmp_path, monkeypatch):
+    """With no network the torchvision download fails; the error says why and what to do."""
+    from torchvision import datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(datasets, "MNIST", offline)
+    dm = MNISTDataModule(root=str(tmp_path), download=True)
+    dm.prepare_data()
+    with pytest.raises(DataFileError, match="download failed \\(network unreachable\\)"):
+        dm.setup("fit")
+
+
+def test_corrupt_file_error_names_the_file(tmp_path, idx_root):
+    shutil.copytree(idx_root, tmp_path / "copy")
+    broken = tmp_path / "copy" / "train-images-idx3-ubyte.gz"
+    broken.write_bytes(broken.read_bytes()[:200])
+    with pytest.raises(DataFileError, match="train-images-idx3-ubyte.gz cannot be read"):
+        setup_module_on(tmp_path / "copy")
+
+
+def test_val_size_larger_than_train_is_rejected(idx_root):
+    dm = MNISTDataModule(root=str(idx_root), download=False, val_size=600)
+    with pytest.raises(ValueError, match="data.val_size=600 must be between 1 and 599"):
+        dm.setup("fit")
+
+
+@pytest.mark.skipif(
+    not SHARED_MNIST.is_dir(), reason="../shared/data/mnist (real MNIST test split) is absent"
+)
+def test_real_mnist_test_split():
+    md5 = {
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    }
+    for name, digest in md5.items():
+        assert hashlib.md5((SHARED_MNIST / name).read_bytes()).hexdigest() == digest
+    dm = MNISTDataModule(root=str(SHARED_MNIST), download=False)
+    images, labels = dm.load_split("test")
+    assert images.shape == (10_000, 1, 28, 28)
+    assert torch.bincount(labels).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
+    assert 0.12 < images.float().mean().item() / 255 < 0.14  # MNIST's mean intensity is 0.1325
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+def test_real_fashion_mnist_found_in_debian_folder(tmp_path):
+    dm = MNISTDataModule(
+        dataset="fashion_mnist",
+        root=str(tmp_path),
+        download=False,
+        search_dirs=[str(FASHION_MNIST)],
+    )
+    dm.setup("fit")
+    assert len(dm.splits["train"][0]) == 55_000 and len(dm.splits["test"][0]) == 10_000
+    assert torch.bincount(dm.splits["test"][1]).tolist() == [1000] * 10

@@ -1,0 +1,58 @@
+"""The in-memory batch loader behaves like DataLoader + (Distributed)Sampler."""
+
+import torch
+
+from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
+
+
+def epoch_images(loader: TensorBatchLoader, epoch: int) -> torch.Tensor:
+    loader.sampler.set_epoch(epoch)
+    return torch.cat([images for images, _ in loader])
+
+
+def make_loader(size=103, batch_size=10, shuffle=True, seed=0, **shard):
+    images = torch.arange(size)
+    labels = images % 10
+    sampler = ShardedPermutation(size, shuffle=shuffle, seed=seed, **shard)
+    return TensorBatchLoader(images, labels, batch_size, sampler)
+
+
+def test_each_epoch_is_a_permutation_with_new_order():
+    loader = make_loader()
+    first, second = epoch_images(loader, 0), epoch_images(loader, 1)
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(103))
+    assert not torch.equal(first, second)
+    assert len(loader) == 11 and len(list(loader)[-1][0]) == 3
+
+
+def test_same_seed_same_order_other_seed_other_order():
+    assert torch.equal(epoch_images(make_loader(seed=3), 2), epoch_images(make_loader(seed=3), 2))
+    assert not torch.equal(
+        epoch_images(make_loader(seed=3), 2), epoch_images(make_loader(seed=4), 2)
+    )
+
+
+def test_labels_follow_images():
+    for images, labels in make_loader():
+        assert torch.equal(labels, images % 10)
+
+
+def test_unshuffled_is_in_order():
+    assert epoch_images(make_loader(shuffle=False), 5).tolist() == list(range(103))
+
+
+def test_two_ranks_get_disjoint_covering_shards_of_equal_length():
+    shards = [make_loader(num_replicas=2, rank=r) for r in (0, 1)]
+    parts = [epoch_images(s, 4) for s in shards]
+    assert len(parts[0]) == len(parts[1]) == 52  # padded like DistributedSampler
+    assert set(parts[0].tolist()) | set(parts[1].tolist()) == set(range(103))
+    # Only the single padding index repeats.
+    assert len(set(parts[0].tolist()) & set(parts[1].tolist())) == 1
+
+
+def test_unpadded_shards_see_every_index_exactly_once():
+    parts = [
+        epoch_images(make_loader(shuffle=False, num_replicas=2, rank=r, pad=False), 0)
+        for r in (0, 1)
+    ]
+    assert sorted(torch.cat(parts).tolist()) == list(range(103))
