@@ -134,7 +134,8 @@ class MNISTDataModule(L.LightningDataModule):
         if not self.download:
             why = "Downloading is off (data.download=false)."
         elif self._download_error is not None:
-            why = f"The download failed ({self._download_error})."
+            reason = " ".join(str(self._download_error).split())  # torchvision's is multi-line
+            why = f"The download failed ({reason[:300]})."
         else:
             why = "They were not downloaded."
         return (
