@@ -6,6 +6,7 @@ thin Hydra wrapper that returns the optimised metric for sweepers.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
+
+from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
+
+log = logging.getLogger(__name__)
 
 # The repository's conf/, next to src/ (the package is installed editable with `pip install -e`).
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
@@ -61,10 +66,39 @@ def report(cfg: DictConfig, metrics: dict[str, float], best_checkpoint: str) -> 
     rank_zero_info("\n".join(lines))
 
 
+def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The metric named by ``cfg.optimized_metric`` (what a sweeper ranks jobs by)."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    if name not in metrics:
+        raise ValueError(
+            f"optimized_metric={name!r} was not logged by this run, so a sweeper cannot rank "
+            f"it. Logged metrics: {sorted(metrics)}. Set optimized_metric to one of them "
+            "(val/elbo is maximised by default) or to null."
+        )
+    return metrics[name]
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric", ""))
+    """Train; return the optimised metric for sweepers (Optuna maximises val/elbo)."""
+    if not in_multirun():
+        metrics = train(cfg)
+        try:
+            return optimized_value(cfg, metrics)
+        except ValueError as err:  # a single run has already done its work: warn only
+            log.warning(str(err))
+            return None
+    # A failing job of a sweep is logged, its traceback written to its folder, and NaN handed
+    # to the sweeper (Optuna records a failed trial); the other jobs go on, and
+    # sweeps.ReportFailedJobs lists the failures and sets the exit status at the end.
+    with multirun_job():
+        try:
+            return optimized_value(cfg, train(cfg))
+        except Exception:
+            record_failure(cfg.paths.output_dir)
+            return float("nan")
 
 
 if __name__ == "__main__":
