@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import lightning as L
@@ -71,6 +72,21 @@ class VAELitModule(L.LightningModule):
 
     on_validation_epoch_start = on_test_epoch_start = _enter_eval_rng
     on_validation_epoch_end = on_test_epoch_end = _exit_eval_rng
+
+    # Each evaluation batch draws from a seed set by its number in the single-process order
+    # (rank r of N evaluates batches r, r + N, ... of it: data/loaders.py), so val/test metrics
+    # under DDP equal those of one process over the same split, to float tolerance.
+    def seed_eval_batch(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        torch.manual_seed(EVAL_SEED + batch_idx * self.trainer.world_size + self.global_rank)
+
+    on_validation_batch_start = on_test_batch_start = seed_eval_batch
+
+    def setup(self, stage: str) -> None:
+        # seed_everything gave every DDP rank the same seed, hence the same binarization and
+        # reparameterisation noise on different images. Rank r draws from seed + r instead:
+        # distinct streams, still reproducible from the seed (rank 0 = a single process).
+        if stage == "fit" and (seed := os.environ.get("PL_GLOBAL_SEED")) is not None:
+            torch.manual_seed(int(seed) + self.global_rank)
 
     def configure_model(self) -> None:
         if self.hparams.compile:

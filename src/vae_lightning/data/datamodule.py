@@ -218,6 +218,9 @@ class MNISTDataModule(L.LightningDataModule):
             num_replicas=world,
             rank=rank,
             pad=shuffle,
+            # Evaluation: whole batches per rank, see ShardedPermutation and
+            # VAELitModule.seed_eval_batch.
+            block=1 if shuffle else batch_size,
         )
         return TensorBatchLoader(images, labels, batch_size, sampler)
 

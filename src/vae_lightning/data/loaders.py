@@ -21,6 +21,12 @@ class ShardedPermutation:
     With ``pad=True`` (training) every rank gets the same number of indices, repeating a few
     from the start as DistributedSampler does; with ``pad=False`` (evaluation) each index is
     seen exactly once, so metrics equal those of a single process.
+
+    ``block`` deals the order out in runs of that many consecutive positions instead of one
+    by one. Evaluation uses its batch size: every rank then evaluates whole batches of the
+    single-process order (rank r gets batches r, r + N, ...), which is what lets the module
+    seed each batch's sampling noise by its global batch number and so reproduce a
+    single-process evaluation exactly under DDP.
     """
 
     def __init__(
@@ -32,11 +38,14 @@ class ShardedPermutation:
         num_replicas: int = 1,
         rank: int = 0,
         pad: bool = True,
+        block: int = 1,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        if block < 1 or (pad and block > 1):
+            raise ValueError(f"block={block}: use 1, or any block >= 1 with pad=False")
         self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.num_replicas, self.rank, self.pad = num_replicas, rank, pad
+        self.num_replicas, self.rank, self.pad, self.block = num_replicas, rank, pad, block
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -51,12 +60,16 @@ class ShardedPermutation:
         if self.pad and self.size % self.num_replicas:
             extra = self.num_replicas - self.size % self.num_replicas
             order = torch.cat([order, order[:extra]])
-        return order[self.rank :: self.num_replicas]
+        if self.block == 1:
+            return order[self.rank :: self.num_replicas]
+        mine = order.split(self.block)[self.rank :: self.num_replicas]
+        return torch.cat(mine) if mine else order[:0]
 
     def __len__(self) -> int:
         if self.pad:
             return -(-self.size // self.num_replicas)
-        return len(range(self.rank, self.size, self.num_replicas))
+        blocks = range(self.rank, -(-self.size // self.block), self.num_replicas)
+        return sum(min(self.block, self.size - b * self.block) for b in blocks)
 
 
 class TensorBatchLoader:
