@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -m "not slow"
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -c constraints.txt -e '.[dev,sweeps]'
 	touch $@
 
 install: $(STAMP)

@@ -1,5 +1,6 @@
 """The in-memory batch loader behaves like DataLoader + (Distributed)Sampler."""
 
+import pytest
 import torch
 
 from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
@@ -56,3 +57,20 @@ def test_unpadded_shards_see_every_index_exactly_once():
         for r in (0, 1)
     ]
     assert sorted(torch.cat(parts).tolist()) == list(range(103))
+
+
+def test_block_shards_deal_whole_batches_of_the_single_process_order():
+    """Evaluation under DDP: rank r evaluates batches r, r + N, ... of one process's order."""
+    single = [images.tolist() for images, _ in make_loader(shuffle=False)]
+    shards = [
+        make_loader(shuffle=False, num_replicas=2, rank=r, pad=False, block=10) for r in (0, 1)
+    ]
+    batches = [[images.tolist() for images, _ in shard] for shard in shards]
+    assert batches[0] == single[0::2] and batches[1] == single[1::2]  # the last batch holds 3
+    assert [len(shard.sampler) for shard in shards] == [53, 50]
+    assert [len(shard) for shard in shards] == [6, 5]
+
+
+def test_block_shards_need_no_padding():
+    with pytest.raises(ValueError, match="block=10"):
+        ShardedPermutation(103, shuffle=True, num_replicas=2, rank=0, pad=True, block=10)

@@ -139,7 +139,8 @@ def test_optuna_search_stores_each_trial_with_the_value_its_job_returned(tmp_pat
         "hydra.sweeper.study_name=test_search",
     ]
     sweep_dir = tmp_path / "search"
-    args = ["-m", *search, "hydra.sweeper.n_trials=3", *tiny_job_args(idx_root, sweep_dir)]
+    # No -m: hparams_search=optuna makes the run a multirun by itself.
+    args = [*search, "hydra.sweeper.n_trials=3", *tiny_job_args(idx_root, sweep_dir)]
     result = vae_train(args, tmp_path)
     assert result.returncode == 0, output(result)
 
@@ -235,3 +236,23 @@ def test_slurm_launcher_asks_for_one_task_per_device_and_a_time_limit(tmp_path, 
         assert f"#SBATCH {line}\n" in sbatch
     assert "#SBATCH --partition=gpu\n" in sbatch
     assert "#SBATCH --signal=USR2@120\n" in sbatch
+
+
+def test_job_name_is_a_folder_safe_name_of_the_overrides_in_a_multirun_only(compose_train):
+    from omegaconf import open_dict, read_write
+
+    from vae_lightning.sweeps import MAX_NAME_LENGTH, job_name
+
+    compose_train()  # a single run: events go straight into tensorboard/
+    assert job_name() == ""
+    hydra_cfg = HydraConfig.get()
+    try:
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.mode = "MULTIRUN"
+            hydra_cfg.job.override_dirname = "data.search_dirs=[/a/b],model.beta=4"
+            assert job_name() == "data.search_dirs=[_a_b],model.beta=4"
+            hydra_cfg.job.override_dirname = ",".join(f"model.beta={b}" for b in range(100))
+            long_name = job_name()
+    finally:
+        HydraConfig.instance().cfg = None  # no multirun state for the tests that follow
+    assert len(long_name) == MAX_NAME_LENGTH and long_name.startswith("model.beta=0,model.beta=1,")

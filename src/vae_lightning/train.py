@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
@@ -62,7 +63,9 @@ def report(cfg: DictConfig, metrics: dict[str, float], best_checkpoint: str) -> 
     for name in ("val/elbo", "test/elbo"):
         if name in metrics:
             lines.append(f"Final {name + ':':<11} {metrics[name]:.2f} nats per image")
-    lines.append(f"TensorBoard:      tensorboard --logdir {cfg.paths.log_dir}")
+    # In a sweep, the sweep folder: TensorBoard then lists its jobs side by side.
+    logdir = HydraConfig.get().sweep.dir if in_multirun() else cfg.paths.log_dir
+    lines.append(f"TensorBoard:      tensorboard --logdir {logdir}")
     rank_zero_info("\n".join(lines))
 
 
