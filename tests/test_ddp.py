@@ -129,3 +129,12 @@ def test_ddp_jobs_inside_a_multirun_each_train_once_in_their_own_folder(tmp_path
             "hyper_parameters"
         ]
         assert hparams["latent_dim"] == latent_dim
+
+
+def test_small_eval_split_is_cut_into_enough_batches_for_every_rank(idx_root):
+    datamodule = MNISTDataModule(root=str(idx_root), download=False, eval_batch_size=1000)
+    assert datamodule._eval_batch_size("val", 5000, world=1) == 1000
+    assert datamodule._eval_batch_size("val", 5000, world=4) == 1000
+    with pytest.warns(UserWarning, match="evaluated in batches of 625"):
+        assert datamodule._eval_batch_size("val", 5000, world=8) == 625
+    assert datamodule._eval_batch_size("val", 300, world=1) == 1000  # one short batch

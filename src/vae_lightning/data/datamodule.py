@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -211,6 +212,8 @@ class MNISTDataModule(L.LightningDataModule):
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
             )
+        if not shuffle:
+            batch_size = self._eval_batch_size(split, len(images), world)
         sampler = ShardedPermutation(
             len(images),
             shuffle=shuffle,
@@ -223,6 +226,24 @@ class MNISTDataModule(L.LightningDataModule):
             block=1 if shuffle else batch_size,
         )
         return TensorBatchLoader(images, labels, batch_size, sampler)
+
+    def _eval_batch_size(self, split: str, size: int, world: int) -> int:
+        """eval_batch_size, made smaller when there are fewer batches than DDP ranks.
+
+        Each rank evaluates whole batches and Lightning needs at least one per rank.
+        """
+        fitting = max(1, size // world)
+        if self.eval_batch_size <= fitting:
+            return self.eval_batch_size
+        if world > 1:
+            rank_zero_warn(
+                f"The {split} split ({size} images) has fewer batches of "
+                f"data.eval_batch_size={self.eval_batch_size} than the {world} DDP processes, "
+                f"so it is evaluated in batches of {fitting}. Its metrics equal those of a "
+                f"single-process run with data.eval_batch_size={fitting}; set that here too "
+                "to keep them comparable across device counts."
+            )
+        return fitting
 
     def train_dataloader(self) -> Any:
         return self._loader("train", shuffle=True)
