@@ -137,4 +137,4 @@ def test_small_eval_split_is_cut_into_enough_batches_for_every_rank(idx_root):
     assert datamodule._eval_batch_size("val", 5000, world=4) == 1000
     with pytest.warns(UserWarning, match="evaluated in batches of 625"):
         assert datamodule._eval_batch_size("val", 5000, world=8) == 625
-    assert datamodule._eval_batch_size("val", 300, world=1) == 1000  # one short batch
+    assert datamodule._eval_batch_size("val", 300, world=1) == 300  # one batch, as before
