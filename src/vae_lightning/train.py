@@ -13,10 +13,14 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from vae_lightning.checkpoints import load_checkpoint
+from vae_lightning.config_checks import check_config
+from vae_lightning.run_dir import accepts_resume, save_run_record
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
@@ -33,15 +37,26 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the configured VAE, then test its best checkpoint; return the final metrics."""
+    """Fit the configured VAE, then test its best checkpoint; return the final metrics.
+
+    Everything that can be wrong with the config, the data files or the checkpoint to resume
+    from is checked before the first file is written into the run dir.
+    """
+    check_config(cfg)
+    # A corrupt checkpoint fails here with a clear message rather than inside Lightning.
+    resume_step = load_checkpoint(cfg.ckpt_path)["global_step"] if cfg.get("ckpt_path") else None
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()  # missing, corrupt or too small data fails here, not mid-fit
+    datamodule.setup("fit")
+    save_run_record(cfg)
     model: L.LightningModule = instantiate(cfg.model, optimizer=cfg.optimizer)
+    loggers = instantiate_loggers(cfg.get("logger"), resume_step)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_named(cfg.get("callbacks")),
-        logger=instantiate_named(cfg.get("logger")) or False,
+        logger=loggers or False,
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -52,6 +67,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
     report(cfg, metrics, best)
     return metrics
+
+
+def instantiate_loggers(group: DictConfig | None, resume_step: int | None) -> list[Any]:
+    """The loggers; when resuming, TensorBoard ones hide what came after the checkpoint.
+
+    A run killed hard (no time to save) logged steps past its last checkpoint, and the
+    resumed run logs them again. ``purge_step`` (a SummaryWriter argument) makes TensorBoard
+    drop events at or after that step from the earlier event files, so each curve shows
+    every step once.
+    """
+    loggers = []
+    for node in (group or {}).values():
+        if not node or "_target_" not in node:
+            continue
+        resuming_tensorboard = resume_step is not None and issubclass(
+            get_class(node._target_), TensorBoardLogger
+        )
+        loggers.append(
+            instantiate(node, **({"purge_step": resume_step} if resuming_tensorboard else {}))
+        )
+    return loggers
 
 
 def report(cfg: DictConfig, metrics: dict[str, float], best_checkpoint: str) -> None:
@@ -83,6 +119,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     return metrics[name]
 
 
+@accepts_resume  # vae-train resume=<run dir or checkpoint>: see run_dir.py
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train; return the optimised metric for sweepers (Optuna maximises val/elbo)."""

@@ -1,5 +1,13 @@
-"""Lightning callbacks that write what the VAE learned to TensorBoard (rank 0 only)."""
+"""Lightning callbacks: TensorBoard visuals (rank 0 only) and the reliability guards."""
 
 from vae_lightning.callbacks.images import ReconstructionsAndSamples
+from vae_lightning.callbacks.nan_guard import NonFiniteLossError, NonFiniteLossGuard
+from vae_lightning.callbacks.resume import RNGStateCheckpoint, SaveOnInterrupt
 
-__all__ = ["ReconstructionsAndSamples"]
+__all__ = [
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "RNGStateCheckpoint",
+    "ReconstructionsAndSamples",
+    "SaveOnInterrupt",
+]

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import PILToTensor
 
+from vae_lightning.data.checksums import verify_checksum
 from vae_lightning.data.idx import DataFileError, read_image_label_pair
 from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
 
@@ -81,7 +82,8 @@ class MNISTDataModule(L.LightningDataModule):
     seen; validation and test images get one fixed, seeded draw (so figures are comparable
     across runs); ``static`` fixes the training draw too; ``none`` keeps grey levels in [0, 1].
     The validation split is carved out of the official training split with ``split_seed``;
-    the test split is the official one and never touches training.
+    the test split is the official one and never touches training. With ``verify_checksums``
+    the ``.gz`` files are checked against their published MD5s (see data/checksums.py).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 42,
         transform: Any = None,
         image_shape: tuple[int, int, int] = (1, 28, 28),
+        verify_checksums: bool = True,
     ) -> None:
         super().__init__()
         if dataset not in TORCHVISION_NAMES:
@@ -115,6 +118,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.seed, self.split_seed = seed, split_seed
         self.transform = transform if transform is not None else PILToTensor()
         self.image_shape = tuple(image_shape)
+        self.verify_checksums = verify_checksums
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._download_error: Exception | None = None
 
@@ -163,8 +167,19 @@ class MNISTDataModule(L.LightningDataModule):
             self._download_error = err
 
     # ---------------------------------------------------------------- splits
+    @property
+    def download_folder(self) -> Path:
+        """Where torchvision puts the files it downloads (and verifies)."""
+        return self.root / TORCHVISION_NAMES[self.dataset] / "raw"
+
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
-        return read_image_label_pair(*self.split_files(split), self.image_shape[1:])
+        files = self.split_files(split)
+        if self.verify_checksums:
+            for path in files:
+                # Strict where downloads land: a partial download must never pass.
+                strict = path.parent.resolve() == self.download_folder.resolve()
+                verify_checksum(path, self.dataset, strict=strict)
+        return read_image_label_pair(*files, self.image_shape[1:])
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

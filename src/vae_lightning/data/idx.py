@@ -66,7 +66,8 @@ def read_image_label_pair(
     if images.ndim != 3 or tuple(images.shape[1:]) != tuple(image_size):
         raise DataFileError(
             f"{images_path} holds images of shape {tuple(images.shape)}, expected "
-            f"(N, {image_size[0]}, {image_size[1]}): it is not the image file of this dataset."
+            f"(N, {image_size[0]}, {image_size[1]}) (data.image_shape): either the file is "
+            "not this dataset's image file or data.image_shape is wrong."
         )
     if labels.ndim != 1:
         raise DataFileError(f"{labels_path} has shape {tuple(labels.shape)}, expected (N,).")

@@ -84,11 +84,24 @@ class TensorBatchLoader:
         # each epoch, and sees that no batch sampler needs replacing.
         self.sampler = sampler
         self.batch_sampler = None
+        self._yielded = 0  # batches handed out in the current pass
+        self._skip = 0  # batches to pass over at the start of the next pass (resume)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         indices = self.sampler.indices().to(self.images.device)
-        for batch in indices.split(self.batch_size):
+        self._yielded, self._skip = self._skip, 0
+        for batch in indices.split(self.batch_size)[self._yielded :]:
+            self._yielded += 1  # before the yield: counts the batch being trained on
             yield self.images[batch], self.labels[batch]
+
+    # Lightning's fit loop saves these in every checkpoint and, on a mid-epoch resume, loads
+    # them before it builds the iterator: the epoch goes on from the next batch of the same
+    # permutation instead of starting over with a new one.
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_yielded": self._yielded}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._skip = state_dict["batches_yielded"]
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)

@@ -1,0 +1,195 @@
+"""Exact resume: RNG states in every checkpoint, and a clean stop on SIGINT/SIGTERM.
+
+Lightning restores weights, optimizer, loop counters and (through the train loader's
+``state_dict``) the position inside the epoch, but not the random number generators, and by
+default a SIGTERM makes it stop after the current batch *without a checkpoint and with exit
+code 0*, so a scheduler sees success and the work since the last epoch is lost.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def rng_states() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python RNG states as tensors, lists and numbers only,
+    so that checkpoints still load with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": list(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    numpy = states["numpy"]
+    np.random.set_state(
+        (
+            numpy["name"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        if len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        else:
+            rank_zero_warn("The checkpoint's CUDA RNG states are for another GPU count; not set.")
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Saves the RNG states in every checkpoint and puts them back when training resumes.
+
+    They are put back at ``on_train_start``: after the checkpoint is loaded and the train
+    loader's iterator is built, before the first batch is fetched and binarized (the dynamic
+    Bernoulli draw happens in ``on_after_batch_transfer``, ahead of ``on_train_batch_start``).
+    Setting them earlier, when the checkpoint is loaded, would let setup code consume them.
+    """
+
+    def __init__(self) -> None:
+        self._to_restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_states()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._to_restore = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._to_restore is not None:
+            set_rng_states(self._to_restore)
+            self._to_restore = None
+
+
+class SaveOnInterrupt(L.Callback):
+    """SIGINT (Ctrl-C) or SIGTERM (pre-emption, time limit): finish the current training
+    batch, save ``last.ckpt``, flush the loggers and exit with code 128 + signal number
+    (130, 143), printing the command that resumes the run.
+
+    Lightning's own SIGTERM flag is what stops the loop, at the point where its counters are
+    consistent (after a batch, or after an epoch); a signal that arrives during validation
+    is held back until validation ends, because Lightning would otherwise stop halfway
+    through it and the checkpoint would lose the partial validation means. A second
+    Ctrl-C stops at once, without saving (the previous checkpoints are left as they were).
+    """
+
+    def __init__(self, run_dir: str | None = None) -> None:
+        self.run_dir = run_dir
+        self._received: signal.Signals | None = None
+        self._previous_handlers: dict[signal.Signals, Any] = {}
+        self._lightning_handler: Any = None
+        self._validating = False
+        self._held_back = False
+        self._start_step = 0
+
+    # ------------------------------------------------------------------ signals
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step
+        self._received, self._validating, self._held_back = None, False, False
+        # Lightning installed its SIGTERM handler just before the fit loop started.
+        self._lightning_handler = signal.getsignal(signal.SIGTERM)
+        try:
+            for signum in INTERRUPT_SIGNALS:
+                self._previous_handlers[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._on_signal)
+        except ValueError:  # not the main thread: signals cannot be handled here
+            rank_zero_warn("SaveOnInterrupt: not in the main thread, signals are not handled.")
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._received is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: stop now
+            return
+        self._received = signal.Signals(signum)
+        rank_zero_info(
+            f"\nReceived {self._received.name}: finishing the current batch, then saving "
+            "last.ckpt (Ctrl-C again stops at once without saving)."
+        )
+        if self._validating:
+            self._held_back = True
+        else:
+            self._stop_after_this_batch(frame)
+
+    def _stop_after_this_batch(self, frame: FrameType | None) -> None:
+        if callable(self._lightning_handler):
+            self._lightning_handler(signal.SIGTERM, frame)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validating = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validating = False
+        if self._held_back:
+            self._held_back = False
+            self._stop_after_this_batch(None)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    # --------------------------------------------------------------- the stop
+    def checkpoint_path(self, trainer: L.Trainer) -> Path:
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            folder = Path(callback.dirpath)
+        else:
+            folder = Path(trainer.default_root_dir) / "checkpoints"
+        return folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_handlers()
+        path = self.checkpoint_path(trainer)
+        run_dir = self.run_dir or trainer.default_root_dir
+        resume = f"vae-train resume={run_dir}"
+        if isinstance(exception, KeyboardInterrupt):
+            kept = f"{path} is unchanged" if path.is_file() else "no checkpoint was saved"
+            rank_zero_info(f"Stopped at once without saving; {kept}. Resume with: {resume}")
+            return
+        if not isinstance(exception, SIGTERMException):
+            return
+        received = self._received or signal.SIGTERM
+        where = f"step {trainer.global_step} (epoch {trainer.current_epoch})"
+        if trainer.global_step > self._start_step:
+            trainer.save_checkpoint(path, weights_only=False)
+            saved = f"Saved {path} at {where}; the logs are flushed."
+        else:
+            saved = f"No training step since the start; {path} is left as it was."
+        rank_zero_info(f"Interrupted by {received.name}. {saved} Resume with:\n  {resume}")
+        # SIGTERMException is a SystemExit with code None (exit status 0). Lightning
+        # re-raises this same object, so its code becomes the process's exit status:
+        # 128 + signal number, the shell's convention, so schedulers see the interruption.
+        exception.code = 128 + int(received)

@@ -1,0 +1,140 @@
+"""The run directory: its config record, and ``vae-train resume=<run dir or checkpoint>``.
+
+Hydra normally writes ``.hydra/`` into the run dir before the task starts. Here it is told not
+to (``hydra.output_subdir: null``) and ``save_run_record`` writes the same three files once the
+config and the data have passed their checks, so a failed launch into an existing run dir
+(a bad override on ``resume=``, two runs started in the same second) never replaces the
+record of the run whose checkpoints live there.
+
+``resume=`` is expanded on the command line, before Hydra composes anything: the run's own
+overrides (``.hydra/overrides.yaml``) come first, then any new ones, then
+``hydra.run.dir=<run dir>`` and ``ckpt_path=<checkpoint>``. The resumed run therefore has the
+same config, writes into the same folder and continues the same TensorBoard run.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+RESUME_KEY = "resume"
+RECORD_DIR = ".hydra"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# Overrides that describe one launch rather than the run; a resume sets them anew.
+PER_LAUNCH_KEYS = ("ckpt_path", RESUME_KEY, "hydra.run.dir")
+
+
+class ResumeError(ValueError):
+    """``resume=`` points to something that cannot be resumed."""
+
+
+@rank_zero_only
+def save_run_record(cfg: DictConfig) -> None:
+    """Write ``.hydra/{config,hydra,overrides}.yaml`` into the run dir, as Hydra would."""
+    if not HydraConfig.initialized():
+        return  # train(cfg) called without Hydra: there is no run record to keep
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir) / RECORD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (folder / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
+def resolve_resume(target: str | Path) -> tuple[Path, Path]:
+    """(run dir, checkpoint) for ``resume=<run dir>`` or ``resume=<checkpoint file>``."""
+    target = Path(target).expanduser().resolve()
+    if target.is_dir():
+        run_dir, checkpoint = target, target / LAST_CHECKPOINT
+        if not checkpoint.is_file():
+            raise ResumeError(
+                f"resume={target}: no {LAST_CHECKPOINT} in this folder, so there is nothing "
+                "to resume (the run saved no checkpoint, or this is not a run dir). Pass a "
+                "checkpoint file instead: resume=<run dir>/checkpoints/<name>.ckpt."
+            )
+    elif target.is_file():
+        checkpoint = target
+        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+    else:
+        raise ResumeError(f"resume={target}: no such run dir or checkpoint file.")
+    if not (run_dir / RECORD_DIR / "overrides.yaml").is_file():
+        raise ResumeError(
+            f"resume={target}: {run_dir} has no {RECORD_DIR}/overrides.yaml, so its config "
+            "is unknown. To start a new run from this checkpoint with the config given on "
+            f"the command line, use ckpt_path={checkpoint} instead."
+        )
+    return run_dir, checkpoint
+
+
+def quote(value: str | Path) -> str:
+    """A Hydra override value that survives spaces, colons and quotes in paths."""
+    escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _is_override(arg: str) -> bool:
+    """``key=value``, ``+key=value``, ``~key``; flags and their values (``--cfg job``) are not."""
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
+
+
+def expand_resume(args: list[str]) -> list[str]:
+    """Command-line arguments with ``resume=X`` replaced by the run's own overrides + X.
+
+    Arguments without ``resume=`` come back unchanged. The expanded list holds no
+    ``resume=`` any more, so processes that re-run the command line (Lightning's DDP
+    launcher) see a plain launch and do not expand it twice.
+    """
+    resume = [arg for arg in args if _is_override(arg) and _key(arg) == RESUME_KEY]
+    if not resume:
+        return args
+    if len(resume) > 1:
+        raise ResumeError("resume= is given more than once.")
+    if any(arg in ("-m", "--multirun") for arg in args):
+        raise ResumeError("resume= continues one run; run it without -m/--multirun.")
+    target = resume[0].split("=", 1)[1].strip("'\"")
+    run_dir, checkpoint = resolve_resume(target)
+
+    from vae_lightning.checkpoints import CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(checkpoint)  # a corrupt file fails here, before Hydra writes anything
+    except CheckpointError as err:
+        raise ResumeError(str(err)) from err
+
+    saved = OmegaConf.load(run_dir / RECORD_DIR / "overrides.yaml")
+    original = [str(o) for o in saved if _key(str(o)) not in PER_LAUNCH_KEYS]
+    flags = [arg for arg in args if not _is_override(arg)]
+    new = [arg for arg in args if _is_override(arg) and arg not in resume]
+    # The run's overrides first, so that a new value for the same key wins.
+    return [
+        *flags,
+        *original,
+        *new,
+        f"hydra.run.dir={quote(run_dir)}",
+        f"ckpt_path={quote(checkpoint)}",
+    ]
+
+
+def accepts_resume(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
+    """Wrap a ``@hydra.main`` entry point so that ``resume=`` works on its command line."""
+
+    @functools.wraps(hydra_main)
+    def entry_point() -> Any:
+        try:
+            sys.argv[1:] = expand_resume(sys.argv[1:])
+        except ResumeError as err:
+            raise SystemExit(f"Error: {err}") from None
+        return hydra_main()
+
+    return entry_point
