@@ -69,25 +69,33 @@ def idx_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("idx"))
 
 
+def compose_config(run_dir: Path, data_root: Path, overrides: list[str] = ()) -> DictConfig:
+    """Compose conf/train.yaml as `vae-train` would, writing into run_dir, on data_root.
+
+    Needs an initialised Hydra (``initialize_config_dir``); sets HydraConfig like a launch.
+    """
+    base = [
+        f"data.root={data_root}",
+        "data.download=false",
+        "data.val_size=100",
+        f"paths.output_dir={run_dir}",
+        f"paths.log_dir={run_dir}",
+        f"paths.data_dir={run_dir / 'data'}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture
 def compose_train(tmp_path: Path, idx_root: Path) -> Iterator[Callable[..., DictConfig]]:
     """Compose conf/train.yaml as `vae-train` would, with outputs in tmp_path and fake data."""
 
     def _compose(overrides: list[str] = (), data_root: Path | None = None) -> DictConfig:
-        base = [
-            f"data.root={data_root or idx_root}",
-            "data.download=false",
-            "data.val_size=100",
-            f"paths.output_dir={tmp_path}",
-            f"paths.log_dir={tmp_path}",
-            f"paths.data_dir={tmp_path / 'data'}",
-            f"hydra.run.dir={tmp_path}",
-        ]
-        cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
+        return compose_config(tmp_path, data_root or idx_root, overrides)
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         yield _compose

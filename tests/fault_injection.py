@@ -55,14 +55,15 @@ class SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-class NaNBatchAt(L.Callback):
-    """Replaces the images of training batch ``step`` with NaN, as a corrupt batch would."""
+class NaNBatches(L.Callback):
+    """Replaces the images of ``count`` training batches from step ``start`` with NaN, as
+    corrupt batches would."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, start: int, count: int = 1) -> None:
+        self.start, self.count = start, count
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step == self.step:
+        if self.start <= trainer.global_step < self.start + self.count:
             batch[0].fill_(torch.nan)

@@ -41,7 +41,7 @@ def save_run_record(cfg: DictConfig) -> None:
     if not HydraConfig.initialized():
         return  # train(cfg) called without Hydra: there is no run record to keep
     hydra_cfg = HydraConfig.get()
-    folder = Path(hydra_cfg.runtime.output_dir) / RECORD_DIR
+    folder = Path(cfg.paths.output_dir) / RECORD_DIR  # the run dir, ${hydra:runtime.output_dir}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (folder / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
