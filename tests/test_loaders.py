@@ -74,3 +74,24 @@ def test_block_shards_deal_whole_batches_of_the_single_process_order():
 def test_block_shards_need_no_padding():
     with pytest.raises(ValueError, match="block=10"):
         ShardedPermutation(103, shuffle=True, num_replicas=2, rank=0, pad=True, block=10)
+
+
+def test_state_dict_resumes_mid_epoch_with_the_same_permutation():
+    """What Lightning's fit loop saves in a checkpoint and loads on a mid-epoch resume."""
+    loader = make_loader()
+    loader.sampler.set_epoch(3)
+    full_epoch = [images for images, _ in loader]
+    batches = iter(loader)
+    for _ in range(4):
+        next(batches)
+    state = loader.state_dict()
+    assert state == {"epoch": 3, "batches_yielded": 4}
+
+    resumed = make_loader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(3)  # as Lightning does before the first batch
+    rest = [images for images, _ in resumed]
+    assert len(rest) == len(full_epoch) - 4
+    assert all(torch.equal(a, b) for a, b in zip(rest, full_epoch[4:], strict=True))
+    # Only that pass is shortened; the next epoch is whole again.
+    assert len(list(resumed)) == len(full_epoch)
