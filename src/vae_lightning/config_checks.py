@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -131,13 +132,12 @@ _ABSENT = object()
 def check_config(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every problem found, or return if there is none.
 
-    Order matters: value checks first; the device and model checks rely on valid values.
+    Value checks first; the device check relies on valid values. The model is checked
+    against the data shape when it is built (``build_checked_model``).
     """
     problems = [problem for rule in RULES if (problem := _check_rule(cfg, rule))]
     if not problems:
         problems += _check_devices(cfg)
-    if not problems:
-        problems += _check_model_builds(cfg)
     if problems:
         listed = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigError(
@@ -245,36 +245,43 @@ def _check_devices(cfg: DictConfig) -> list[str]:
     ]
 
 
-def _check_model_builds(cfg: DictConfig) -> list[str]:
-    """Build the model and run one batch of zeros of ``data.image_shape`` through it.
+def build_checked_model(
+    cfg: DictConfig, build: Callable[[], L.LightningModule]
+) -> L.LightningModule:
+    """``build()`` the model, then run a batch of zeros of ``data.image_shape`` through it.
 
-    The throwaway model draws its initial weights and z from a forked RNG, so the seeded
-    training stream is the same with or without this check.
+    A model that cannot be built for, or cannot take, the configured image shape (``model=conv``
+    on 32x32 images) raises a ConfigError naming the model and the shape. The test forward pass
+    draws z from a forked RNG, so the seeded training stream is the same with or without it.
     """
-    if "model" not in cfg or "_target_" not in cfg.model:
-        return []
     shape = _select(cfg, "data.image_shape")
     shape_text = f"data.image_shape={shape}" if shape is not _ABSENT else "the data"
-    model_name = _choice("model", f"model._target_={cfg.model._target_}")
+    model_name = _choice("model", f"model._target_={cfg.model.get('_target_')}")
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(
+            f"Invalid configuration; nothing was run and no file was written:\n  - {model_name} "
+            f"{problem}\nPick a model that fits the data (model=mlp takes any image shape)."
+        )
+
     try:
-        with torch.random.fork_rng(devices=[]):
-            model = instantiate(cfg.model, optimizer=cfg.get("optimizer"))
-            if shape is _ABSENT:
-                return []
+        model = build()
+        if shape is _ABSENT:
+            return model
+        x = torch.zeros(2, *shape)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
             model.eval()
-            with torch.no_grad():
-                x = torch.zeros(2, *shape)
-                out = model(x)
+            out = model(x)
+            model.train()
     except Exception as err:  # any failure to build or run is a config problem here
         cause = err
         while cause.__cause__ is not None:  # Hydra wraps the real error in InstantiationException
             cause = cause.__cause__
-        return [f"{model_name} cannot be built for {shape_text}: {cause}"]
+        raise fail(f"cannot be built for {shape_text}: {cause}") from err
     logits = getattr(out, "logits", None)
     if isinstance(logits, torch.Tensor) and tuple(logits.shape) != tuple(x.shape):
-        return [
-            f"{model_name} turns images of {shape_text} into outputs of shape "
-            f"{tuple(logits.shape[1:])}; the decoder must give one value per pixel. "
-            "Use model=mlp for this image size, or change the network."
-        ]
-    return []
+        raise fail(
+            f"turns images of {shape_text} into outputs of shape {tuple(logits.shape[1:])}; "
+            "the decoder must give one value per pixel."
+        )
+    return model

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from vae_lightning.checkpoints import load_checkpoint
-from vae_lightning.config_checks import check_config
+from vae_lightning.config_checks import build_checked_model, check_config
 from vae_lightning.run_dir import accepts_resume, save_run_record
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
@@ -47,11 +47,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume_step = load_checkpoint(cfg.ckpt_path)["global_step"] if cfg.get("ckpt_path") else None
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    model = build_checked_model(cfg, lambda: instantiate(cfg.model, optimizer=cfg.optimizer))
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()  # missing, corrupt or too small data fails here, not mid-fit
     datamodule.setup("fit")
     save_run_record(cfg)
-    model: L.LightningModule = instantiate(cfg.model, optimizer=cfg.optimizer)
     loggers = instantiate_loggers(cfg.get("logger"), resume_step)
     trainer: L.Trainer = instantiate(
         cfg.trainer,

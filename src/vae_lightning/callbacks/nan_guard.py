@@ -89,14 +89,18 @@ class NonFiniteLossGuard(L.Callback):
             if self.policy == "skip"
             else ""
         )
+        if (path.parent / "last.ckpt").is_file():
+            resume = f"vae-train resume={trainer.default_root_dir} <changed overrides>"
+            again = f"continue from the last checkpoint with `{resume}`"
+        else:
+            again = "start again with changed overrides"
         raise NonFiniteLossError(
             f"Non-finite training loss at {where}{streak}: {terms}. The weights and optimizer "
             f"state from just before this step are in {path} (for inspection); the logs are "
             "flushed. Usual causes: a learning rate too high for this model (lower "
             "optimizer.lr), no gradient clipping (trainer.gradient_clip_val), half precision "
-            "overflow (trainer.precision=32-true), or a corrupt batch. Continue from the last "
-            "epoch with `vae-train resume=<run dir> <changed overrides>`, or pass "
-            "nan_policy=skip to skip such batches."
+            f"overflow (trainer.precision=32-true), or a corrupt batch. Fix the cause and "
+            f"{again}, or pass nan_policy=skip to skip such batches."
         )
 
     @staticmethod
