@@ -47,6 +47,12 @@ class SignalAtStep(L.Callback):
         if self.during == "train" and trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
 
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        if self.during == "test":
+            os.kill(os.getpid(), self.signum)
+
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
     ) -> None:

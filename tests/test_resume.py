@@ -101,6 +101,19 @@ def test_interrupt_saves_and_resume_is_exact(
     assert_same_run(tmp_path, uninterrupted)
 
 
+def test_sigterm_during_final_test_keeps_the_training_checkpoints(compose_train, tmp_path):
+    """trainer.test() loads the *best* weights: saving last.ckpt then would be wrong."""
+    run = ["debug=fast", "~callbacks.progress_bar", "test=true", "data.eval_batch_size=50"]
+    cfg = compose_train([*run, *signal_at(0, signal.SIGTERM, during="test")])
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(SystemExit) as info:
+        train(cfg)
+    assert info.value.code == 128 + signal.SIGTERM
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    best = torch.load(checkpoints / "epoch_000.ckpt", weights_only=True)
+    assert saved["loops"] == best["loops"]  # written by ModelCheckpoint at the epoch's end
+
+
 # ------------------------------------------------------------------ resume= on the CLI
 @pytest.fixture
 def fake_run(tmp_path: Path) -> Path:

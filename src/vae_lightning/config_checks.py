@@ -71,6 +71,15 @@ class OneOf:
 
 
 @dataclass(frozen=True)
+class Boolean:
+    def expects(self) -> str:
+        return "true or false"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+
+@dataclass(frozen=True)
 class PositiveInts:
     """A list of integers >= 1, of a fixed length when ``length`` is given."""
 
@@ -92,7 +101,7 @@ class PositiveInts:
 @dataclass(frozen=True)
 class Rule:
     key: str
-    check: Number | OneOf | PositiveInts
+    check: Number | OneOf | Boolean | PositiveInts
     meaning: str
 
 
@@ -100,6 +109,11 @@ POSITIVE_INT = Number(integer=True, low=1)
 RULES: tuple[Rule, ...] = (
     Rule("seed", Number(integer=True, low=0, high=2**32 - 1, optional=True), "the global seed"),
     Rule("nan_policy", OneOf(("stop", "skip")), "what a non-finite training loss does"),
+    Rule(
+        "callbacks.nan_guard.max_consecutive_skips",
+        Number(integer=True, low=0),
+        "bad batches skipped in a row before stopping",
+    ),
     Rule("model.latent_dim", POSITIVE_INT, "the size of z"),
     Rule("model.beta", Number(low=0), "the weight of the KL term"),
     Rule("model.net.hidden_dims", PositiveInts(), "the hidden layer widths"),
@@ -117,6 +131,8 @@ RULES: tuple[Rule, ...] = (
     Rule("data.loader", OneOf(("tensor", "torch")), "the loader"),
     Rule("data.num_workers", Number(integer=True, low=0), "DataLoader workers"),
     Rule("data.split_seed", Number(integer=True, low=0), "the validation split seed"),
+    Rule("data.download", Boolean(), "downloading missing files"),
+    Rule("data.verify_checksums", Boolean(), "checking MD5s"),
     Rule("trainer.max_epochs", Number(integer=True, low=-1), "epochs to train (-1: no limit)"),
     Rule("trainer.gradient_clip_val", Number(low=0, optional=True), "the gradient norm clip"),
     Rule("trainer.log_every_n_steps", POSITIVE_INT, "the logging interval"),

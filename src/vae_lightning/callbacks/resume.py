@@ -108,7 +108,7 @@ class SaveOnInterrupt(L.Callback):
         self._lightning_handler: Any = None
         self._validating = False
         self._held_back = False
-        self._start_step = 0
+        self._start_step: int | None = None  # set while the fit loop runs
 
     # ------------------------------------------------------------------ signals
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -158,6 +158,7 @@ class SaveOnInterrupt(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
+        self._start_step = None
 
     # --------------------------------------------------------------- the stop
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
@@ -183,11 +184,13 @@ class SaveOnInterrupt(L.Callback):
             return
         received = self._received or signal.SIGTERM
         where = f"step {trainer.global_step} (epoch {trainer.current_epoch})"
-        if trainer.global_step > self._start_step:
+        if self._start_step is None:  # before training (sanity check) or after it (test)
+            saved = f"Training was not running; {path} is left as it was."
+        elif trainer.global_step == self._start_step:
+            saved = f"No training step since the start; {path} is left as it was."
+        else:
             trainer.save_checkpoint(path, weights_only=False)
             saved = f"Saved {path} at {where}; the logs are flushed."
-        else:
-            saved = f"No training step since the start; {path} is left as it was."
         rank_zero_info(f"Interrupted by {received.name}. {saved} Resume with:\n  {resume}")
         # SIGTERMException is a SystemExit with code None (exit status 0). Lightning
         # re-raises this same object, so its code becomes the process's exit status:
