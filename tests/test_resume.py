@@ -138,6 +138,7 @@ def test_resume_expands_to_the_runs_own_overrides(fake_run):
         "model.latent_dim=16",  # the run's own overrides first ...
         "trainer.max_epochs=20",
         "model.latent_dim=8",  # ... so that new values win
+        "hydra.mode=RUN",
         f"hydra.run.dir={quote(fake_run)}",
         f"ckpt_path={quote(last)}",
     ]
@@ -147,6 +148,15 @@ def test_resume_expands_to_the_runs_own_overrides(fake_run):
         f"ckpt_path={quote(epoch)}",
     ]
     assert expand_resume(["model=mlp"]) == ["model=mlp"]  # no resume=: untouched
+
+
+def test_resumed_sweep_job_keeps_its_tensorboard_run(fake_run):
+    """A job of a multirun logs into tensorboard/<its overrides>/: resume continues there."""
+    version = fake_run / "tensorboard" / "model.beta=4,model.latent_dim=8"
+    version.mkdir(parents=True)
+    (version / "events.out.tfevents.1.host.1.0").write_bytes(b"")
+    expanded = expand_resume([f"resume={fake_run}"])
+    assert "logger.tensorboard.version='model.beta=4,model.latent_dim=8'" in expanded
 
 
 @pytest.mark.parametrize(
@@ -236,3 +246,28 @@ def test_killed_subprocess_resumes_bitwise(tmp_path, idx_root, uninterrupted):
         assert resumed.returncode == 0, output[-3000:]
         assert f"Run dir:          {run_dir}" in output
         assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.mark.slow
+def test_ddp_resume_at_an_epoch_boundary_is_exact(tmp_path, idx_root):
+    """Two CPU processes: one epoch, then `resume=... trainer.max_epochs=2`, equals two epochs
+    in one go. Each rank gets its own RNG states back (they draw different streams)."""
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "data.batch_size=25"]
+    data = [f"data.root={idx_root}", "data.download=false", "data.val_size=100"]
+    args = [*SMALL_RUN, *ddp, *data]
+    for name, epochs in (("whole", 2), ("halves", 1)):
+        run = cli(
+            [*args, f"trainer.max_epochs={epochs}", f"hydra.run.dir={tmp_path / name}"], tmp_path
+        )
+        assert run.wait(timeout=600) == 0, run.communicate()[0][-3000:]
+    resumed = cli([f"resume={tmp_path / 'halves'}", "trainer.max_epochs=2"], tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.communicate()[0][-3000:]
+    whole, halves = (
+        torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("whole", "halves")
+    )
+    assert len(halves["callbacks"]["RNGStateCheckpoint"]["per_rank"]) == 2
+    assert halves["global_step"] == whole["global_step"] == TOTAL_STEPS
+    assert all(
+        torch.equal(halves["state_dict"][k], whole["state_dict"][k]) for k in whole["state_dict"]
+    )

@@ -116,14 +116,31 @@ def expand_resume(args: list[str]) -> list[str]:
     original = [str(o) for o in saved if _key(str(o)) not in PER_LAUNCH_KEYS]
     flags = [arg for arg in args if not _is_override(arg)]
     new = [arg for arg in args if _is_override(arg) and arg not in resume]
-    # The run's overrides first, so that a new value for the same key wins.
+    # The run's overrides first, so that a new value for the same key wins. A job of a sweep
+    # (hparams_search=optuna sets hydra.mode=MULTIRUN) is resumed as the single run it was.
     return [
         *flags,
         *original,
+        *tensorboard_version(run_dir),
         *new,
+        "hydra.mode=RUN",
         f"hydra.run.dir={quote(run_dir)}",
         f"ckpt_path={quote(checkpoint)}",
     ]
+
+
+def tensorboard_version(run_dir: Path) -> list[str]:
+    """The override that keeps logging into the run's own TensorBoard run.
+
+    A single run logs straight into ``tensorboard/``; a job of a sweep into
+    ``tensorboard/<its overrides>/`` (``${job_name:}``), a name a single run would not
+    recompute. Whatever folder holds the event files is the one to continue.
+    """
+    folder = run_dir / "tensorboard"
+    if not folder.is_dir() or any(folder.glob("events.out.tfevents.*")):
+        return []
+    versions = [sub.name for sub in folder.iterdir() if any(sub.glob("events.out.tfevents.*"))]
+    return [f"logger.tensorboard.version={quote(versions[0])}"] if len(versions) == 1 else []
 
 
 def accepts_resume(hydra_main: Callable[[], Any]) -> Callable[[], Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -68,6 +69,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class RNGStateCheckpoint(L.Callback):
     """Saves the RNG states in every checkpoint and puts them back when training resumes.
 
+    Under DDP each rank draws its own stream (lit_module.setup seeds rank r with seed + r), so
+    the states of all ranks are gathered into the checkpoint and each rank gets its own back.
+
     They are put back at ``on_train_start``: after the checkpoint is loaded and the train
     loader's iterator is built, before the first batch is fetched and binarized (the dynamic
     Bernoulli draw happens in ``on_after_batch_transfer``, ahead of ``on_train_batch_start``).
@@ -75,18 +79,43 @@ class RNGStateCheckpoint(L.Callback):
     """
 
     def __init__(self) -> None:
-        self._to_restore: dict[str, Any] | None = None
+        self._to_restore: list[dict[str, Any]] | None = None
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
-        return rng_states()
+        states = rng_states()
+        trainer = self._trainer
+        if (
+            trainer is not None
+            and trainer.world_size > 1
+            and dist.is_available()
+            and dist.is_initialized()
+        ):
+            # Every rank dumps the checkpoint (Lightning requires save_checkpoint on all ranks);
+            # rank 0's copy, written to disk, then holds every rank's states.
+            per_rank: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(per_rank, states)
+            return {"per_rank": per_rank}
+        return {"per_rank": [states]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._to_restore = state_dict
+        self._to_restore = state_dict["per_rank"]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._to_restore is not None:
-            set_rng_states(self._to_restore)
-            self._to_restore = None
+        if self._to_restore is None:
+            return
+        if len(self._to_restore) == trainer.world_size:
+            set_rng_states(self._to_restore[trainer.global_rank])
+        else:
+            rank_zero_warn(
+                f"The checkpoint holds RNG states for {len(self._to_restore)} processes, this "
+                f"run has {trainer.world_size}: each rank keeps its fresh seed + rank stream, "
+                "so the resumed run is not an exact continuation."
+            )
+        self._to_restore = None
 
 
 class SaveOnInterrupt(L.Callback):
