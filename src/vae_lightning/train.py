@@ -17,6 +17,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from vae_lightning.hparams import log_hparams
+from vae_lightning.report import write_report_after_training
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+    if cfg.get("hparams_tab"):
+        log_hparams(trainer, cfg, metrics, **cfg.hparams_tab)
     report(cfg, metrics, best)
+    if cfg.get("report"):
+        write_report_after_training(trainer, Path(cfg.paths.output_dir))
     return metrics
 
 
