@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,3 +95,16 @@ def compose_train(tmp_path: Path, idx_root: Path) -> Iterator[Callable[..., Dict
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         yield _compose
     GlobalHydra.instance().clear()
+
+
+def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m module args`` importing this checkout's src/, whatever is installed."""
+    paths = [str(PROJECT_ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from statistics import NormalDist
 from types import SimpleNamespace
@@ -20,7 +18,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR
+from conftest import CONF_DIR, run_module
 from google.protobuf import text_format
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -307,12 +305,7 @@ def test_report_of_a_run_without_some_visuals_says_what_is_missing(run2):
 def test_vae_report_cli_rewrites_the_report_of_a_finished_run(run5, tmp_path):
     run_dir = shutil.copytree(run5.dir, tmp_path / "run")
     shutil.rmtree(run_dir / "report")
-    result = subprocess.run(
-        [sys.executable, "-m", "vae_lightning.report", f"run_dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_module("vae_lightning.report", [f"run_dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Report: {run_dir / 'report' / 'summary.md'}" in result.stdout
     for name in REPORT_FILES:
