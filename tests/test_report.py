@@ -5,7 +5,7 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, run_module
+from conftest import PROJECT_ROOT, hparams_session_groups, run_module
 from PIL import Image
 
 from vae_lightning.report import ReportError, read_events, write_report
@@ -63,3 +63,10 @@ def test_vae_report_compares_the_jobs_of_a_real_multirun(tmp_path, idx_root):
     assert "| 0 | `model.latent_dim=2` |" in text and "| 1 | `model.latent_dim=3` |" in text
     with Image.open(sweep / "report" / "val_elbo.png") as image:
         assert np.asarray(image.convert("L")).std() > 5
+
+    # `tensorboard --logdir <sweep>`: the HParams tab holds one row per job.
+    groups = hparams_session_groups(sweep)
+    latent = sorted(group.hparams["model.latent_dim"].number_value for group in groups)
+    assert latent == [2, 3]
+    for group in groups:
+        assert {m.name.tag for m in group.metric_values} >= {"val/elbo", "val/active_units"}

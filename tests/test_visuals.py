@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, run_module
+from conftest import CONF_DIR, hparams_session_groups, run_module
 from google.protobuf import text_format
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -26,11 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
-from tensorboard import context as tb_context
-from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins import base_plugin
-from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -225,26 +221,6 @@ def test_manifold_is_drawn_for_a_2d_latent_space(run2):
 
 
 # ------------------------------------------------------------------------ HParams tab
-def hparams_session_groups(log_dir: Path) -> list[api_pb2.SessionGroup]:
-    """What TensorBoard's HParams tab lists, asked of its own backend."""
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(log_dir))
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(log_dir))
-    context = base_plugin.TBContext(
-        logdir=str(log_dir), multiplexer=multiplexer, data_provider=provider
-    )
-    request = api_pb2.ListSessionGroupsRequest(
-        start_index=0,
-        slice_size=100,
-        allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_UNKNOWN],
-    )
-    handler = list_session_groups.Handler(
-        tb_context.RequestContext(), backend_context.Context(context), "", request
-    )
-    return list(handler.run().session_groups)
-
-
 def test_hparams_tab_lists_the_flattened_config_with_the_final_metrics(run5):
     (group,) = hparams_session_groups(run5.dir / "tensorboard")
     hparams = {
