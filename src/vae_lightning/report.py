@@ -70,8 +70,8 @@ def event_dirs(run_dir: Path) -> list[Path]:
 def read_events(run_dir: Path) -> RunEvents:
     """All scalars and the latest images of a run, merged over its event folders.
 
-    A value logged twice at the same step (a resumed run, the final metrics repeated for the
-    HParams tab) is kept once, the later write winning.
+    A value logged twice at the same step (a run resumed from a checkpoint repeats the steps
+    after it) is kept once, the later write winning.
     """
     folders = event_dirs(run_dir)
     if not folders:
@@ -115,8 +115,8 @@ def _read_events(folders: list[Path]) -> RunEvents:
             if tag not in images or images[tag][0] <= event.wall_time:
                 images[tag] = (event.wall_time, event.step, event.encoded_image_string)
     scalars = {
-        tag: ([step for step in sorted(s)], [s[step][1] for step in sorted(s)])
-        for tag, s in points.items()
+        tag: (sorted(series), [series[step][1] for step in sorted(series)])
+        for tag, series in points.items()
     }
     return RunEvents(scalars, {tag: (step, png) for tag, (_, step, png) in images.items()})
 
@@ -210,6 +210,11 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
     from vae_lightning import plots
 
     jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise ReportError(
+            f"{sweep_dir} holds no job folders (0/, 1/, ... with .hydra/overrides.yaml): pass "
+            "the folder of a multirun, e.g. run_dir=outputs/multirun/<date>/<time>."
+        )
     overrides = {job.name: read_overrides(job) or [] for job in jobs}
     common = [o for o in overrides[jobs[0].name] if all(o in v for v in overrides.values())]
     rows, curves = [], {}
