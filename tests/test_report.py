@@ -2,6 +2,7 @@
 
 import csv
 import importlib
+import shutil
 
 import numpy as np
 import pytest
@@ -47,9 +48,12 @@ def test_vae_report_compares_the_jobs_of_a_real_multirun(tmp_path, idx_root):
     for job in ("0", "1"):  # each job wrote its own report when it finished
         assert (sweep / job / "report" / "summary.md").is_file()
         assert "## Config" in (sweep / job / "report" / "summary.md").read_text()
-
+    # The sweep's comparison was written when the multirun ended; vae-report writes it again.
+    assert (sweep / "report" / "comparison.md").is_file()
+    shutil.rmtree(sweep / "report")
     result = run_module("vae_lightning.report", [f"run_dir={sweep}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Report: {sweep / 'report' / 'comparison.md'}" in result.stdout
     with (sweep / "report" / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["job"] for row in rows] == ["0", "1"]

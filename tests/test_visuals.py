@@ -289,26 +289,36 @@ def test_vae_report_cli_rewrites_the_report_of_a_finished_run(run5, tmp_path):
 
 
 def test_report_of_a_multirun_folder_compares_its_jobs(run5, run2, tmp_path):
-    # The two trained runs as Hydra would lay out a 2-job sweep.
+    # The two trained runs as Hydra lays out a sweep, and a third job that failed at once.
     sweep = tmp_path / "multirun"
-    for job, (run, latent_dim) in enumerate([(run5, 5), (run2, 2)]):
-        shutil.copytree(run.dir, sweep / str(job))
-        (sweep / str(job) / ".hydra").mkdir()
-        overrides = ["debug=fast", f"model.latent_dim={latent_dim}"]
-        OmegaConf.save(OmegaConf.create(overrides), sweep / str(job) / ".hydra" / "overrides.yaml")
+    jobs = [(run5.dir, "model.latent_dim=5"), (run2.dir, "model.latent_dim=2"), (None, "x=1")]
+    for job, (run_dir, override) in enumerate(jobs):
+        (sweep / str(job)).mkdir(parents=True)
+        if run_dir is not None:
+            shutil.copytree(run_dir, sweep / str(job), dirs_exist_ok=True)
+        (sweep / str(job) / ".hydra").mkdir(exist_ok=True)
+        overrides = OmegaConf.create(["debug=fast", override])
+        OmegaConf.save(overrides, sweep / str(job) / ".hydra" / "overrides.yaml")
+    (sweep / "2" / "failure.txt").write_text("overrides: debug=fast x=1\n\nValueError: x\n")
+
     markdown = write_report(sweep)
     assert markdown == sweep / "report" / "comparison.md"
     text = markdown.read_text()
     assert "Overrides shared by every job: `debug=fast`" in text
     assert f"| 0 | `model.latent_dim=5` | {run5.metrics['val/elbo']:.2f} |" in text
     assert f"| 1 | `model.latent_dim=2` | {run2.metrics['val/elbo']:.2f} |" in text
+    assert "| 2 (failed) | `x=1` | — | — | — | — |" in text
+    best = max((run5.metrics["val/elbo"], "0"), (run2.metrics["val/elbo"], "1"))
+    assert f"Best val/elbo: job {best[1]} ({best[0]:.2f})." in text
+
     rows = (sweep / "report" / "comparison.csv").read_text().splitlines()
-    assert rows[0] == "job,overrides,val/elbo,val/kl,val/active_units,test/elbo"
-    job0, job1 = (row.split(",") for row in rows[1:])
-    assert job0[:2] == ["0", "debug=fast model.latent_dim=5"]
-    assert float(job0[2]) == pytest.approx(run5.metrics["val/elbo"], rel=1e-5)
-    assert float(job1[4]) == run2.metrics["val/active_units"]
-    assert job1[5] == ""  # test=false in job 1: blank, not zero
+    assert rows[0] == "job,status,overrides,val/elbo,val/kl,val/active_units,test/elbo"
+    job0, job1, job2 = (row.split(",") for row in rows[1:])
+    assert job0[:3] == ["0", "ok", "debug=fast model.latent_dim=5"]
+    assert float(job0[3]) == pytest.approx(run5.metrics["val/elbo"], rel=1e-5)
+    assert float(job1[5]) == run2.metrics["val/active_units"]
+    assert job1[6] == ""  # test=false in job 1: blank, not zero
+    assert job2 == ["2", "failed", "debug=fast x=1", "", "", "", ""]
     assert_png_not_blank(sweep / "report" / "val_elbo.png")
 
 

@@ -6,6 +6,7 @@ no global state, no display needed, safe in training processes and dataloader wo
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -109,14 +110,16 @@ def loss_curves(
     return figure
 
 
-def image_figure(image: np.ndarray, title: str) -> Figure:
-    """An image grid shown pixel for pixel (twice enlarged) under a title."""
-    height, width = image.shape[:2]
-    figure = new_figure(max(2 * width / DPI, 3.0), 2 * height / DPI + 0.5)
-    axes = figure.add_axes((0.0, 0.0, 1.0, 2 * height / DPI / figure.get_figheight()))
+def image_figure(image: np.ndarray, title: str, zoom: int = 2) -> Figure:
+    """An image grid shown pixel for pixel (``zoom`` times enlarged) under a wrapped title."""
+    height, width = (zoom * n / DPI for n in image.shape[:2])
+    lines = textwrap.wrap(title, width=max(30, int(width * DPI / 7)))
+    header = 0.1 + 0.2 * len(lines)
+    figure = new_figure(width, height + header)
+    axes = figure.add_axes((0.0, 0.0, 1.0, height / (height + header)))
     axes.imshow(image, cmap="gray", interpolation="nearest", vmin=0, vmax=255)
     axes.set_axis_off()
-    figure.suptitle(title, y=1.0 - 0.1 / figure.get_figheight(), va="top", fontsize=10)
+    figure.text(0.5, 1.0 - 0.05 / (height + header), "\n".join(lines), ha="center", va="top")
     return figure
 
 

@@ -18,15 +18,19 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 import numpy as np
+from hydra.experimental.callback import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
+
+from vae_lightning.sweeps import FAILURE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +209,17 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda path: int(path.name))
 
 
+@dataclass
+class JobRow:
+    """One job of a sweep in the comparison table."""
+
+    name: str
+    status: str  # ok | failed (the job wrote failure.txt) | no events (never logged)
+    overrides: list[str]
+    varying: list[str]  # the overrides not shared by every job
+    values: list[float | None]
+
+
 def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_METRICS) -> Path:
     """One row per job (its overrides, final metrics) as markdown and CSV; return the .md."""
     from vae_lightning import plots
@@ -220,11 +235,14 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
     rows, curves = [], {}
     for job in jobs:
         try:
-            events = read_events(job)
+            events, status = read_events(job), "ok"
         except ReportError:
-            events = RunEvents()  # a failed or still-starting job: a row of blanks
+            events, status = RunEvents(), "no events"  # failed early or still starting
+        if (job / FAILURE_FILE).is_file():
+            status = "failed"
         varying = [o for o in overrides[job.name] if o not in common]
-        rows.append((job.name, varying, [events.last(name) for name in metrics]))
+        values = [events.last(name) for name in metrics]
+        rows.append(JobRow(job.name, status, overrides[job.name], varying, values))
         if "val/elbo" in events.scalars:
             curves[f"{job.name}: {' '.join(varying)}"] = events.scalars["val/elbo"]
 
@@ -232,9 +250,10 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
     out.mkdir(parents=True, exist_ok=True)
     with (out / "comparison.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["job", "overrides", *metrics])
-        for (name, _, values), job in zip(rows, jobs, strict=True):
-            writer.writerow([name, " ".join(overrides[job.name]), *_csv_values(values)])
+        writer.writerow(["job", "status", "overrides", *metrics])
+        for row in rows:
+            cells = ["" if value is None else f"{value:.6g}" for value in row.values]
+            writer.writerow([row.name, row.status, " ".join(row.overrides), *cells])
     if curves:
         plots.save_png(plots.comparison_curves(curves, "val/elbo"), out / "val_elbo.png")
     markdown = out / "comparison.md"
@@ -242,14 +261,10 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
     return markdown
 
 
-def _csv_values(values: Sequence[float | None]) -> list[str]:
-    return ["" if value is None else f"{value:.6g}" for value in values]
-
-
 def comparison_markdown(
     sweep_dir: Path,
     common: list[str],
-    rows: list[tuple[str, list[str], list[float | None]]],
+    rows: list[JobRow],
     metrics: Sequence[str],
     with_curves: bool,
 ) -> str:
@@ -265,12 +280,13 @@ def comparison_markdown(
         "| job | overrides | " + " | ".join(metrics) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |",
     ]
-    for name, varying, values in rows:
-        cells = ["—" if v is None else f"{v:.2f}" for v in values]
-        lines.append(f"| {name} | `{' '.join(varying)}` | " + " | ".join(cells) + " |")
+    for row in rows:
+        job = row.name if row.status == "ok" else f"{row.name} ({row.status})"
+        cells = ["—" if value is None else f"{value:.2f}" for value in row.values]
+        lines.append(f"| {job} | `{' '.join(row.varying)}` | " + " | ".join(cells) + " |")
     if "val/elbo" in metrics:
         index = list(metrics).index("val/elbo")
-        scored = [(row[2][index], row[0]) for row in rows if row[2][index] is not None]
+        scored = [(row.values[index], row.name) for row in rows if row.values[index] is not None]
         if scored:
             value, job = max(scored)
             lines += ["", f"Best val/elbo: job {job} ({value:.2f})."]
@@ -319,6 +335,30 @@ def write_report(run_dir: Path) -> Path:
 def event_dirs_shallow(run_dir: Path) -> list[Path]:
     """Event files directly in the run dir or its tensorboard/ tree (not in job folders)."""
     return [*run_dir.glob(EVENT_GLOB), *run_dir.glob(f"tensorboard/**/{EVENT_GLOB}")]
+
+
+class CompareJobsAfterMultirun(Callback):
+    """After ``vae-train -m``: the sweep's comparison table, when ``report=true``.
+
+    A Hydra callback (conf/hydra/default.yaml). Hydra calls end hooks in reverse order, so
+    listed after ``report_failed_jobs`` it runs before that one may exit with status 1: a
+    sweep with failed jobs still gets its table (the failed jobs' rows are marked).
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.get("report"):
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            log.info("Comparison of the sweep's jobs: %s", write_multirun_report(sweep_dir))
+        except Exception as error:  # noqa: BLE001 - the jobs are done; say how to retry
+            log.warning(
+                "The sweep's comparison could not be written (%s: %s); retry with "
+                "`vae-report run_dir=%s`.",
+                type(error).__name__,
+                error,
+                sweep_dir,
+            )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
