@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +16,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from tensorboard import context as tb_context
+from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+from tensorboard.plugins import base_plugin
+from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -100,3 +107,36 @@ def compose_train(tmp_path: Path, idx_root: Path) -> Iterator[Callable[..., Dict
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         yield _compose
     GlobalHydra.instance().clear()
+
+
+def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m module args`` importing this checkout's src/, whatever is installed."""
+    paths = [str(PROJECT_ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def hparams_session_groups(log_dir: Path) -> list[api_pb2.SessionGroup]:
+    """What TensorBoard's HParams tab lists, asked of its own backend."""
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(log_dir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(log_dir))
+    context = base_plugin.TBContext(
+        logdir=str(log_dir), multiplexer=multiplexer, data_provider=provider
+    )
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0,
+        slice_size=100,
+        allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_UNKNOWN],
+    )
+    handler = list_session_groups.Handler(
+        tb_context.RequestContext(), backend_context.Context(context), "", request
+    )
+    return list(handler.run().session_groups)

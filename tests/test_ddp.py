@@ -13,6 +13,7 @@ from test_sweeps import job_dirs, output, tensorboard_runs, vae_train
 
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.lit_module import VAELitModule
+from vae_lightning.models.diagnostics import active_units
 
 SEED = 12345
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"seed={SEED}"]
@@ -78,7 +79,9 @@ def test_two_process_ddp_run_is_correct(tmp_path, idx_root):
     assert len(events.Scalars("train/loss")) == 2 * 2  # global steps: 2 epochs x 2 batches
     assert len(events.Scalars("val/elbo")) == 2
     assert len(events.Images("val/reconstructions")) == 2
+    assert len(events.Images("val/traversals")) == 2
     assert (result.stdout + result.stderr).count("Run dir:") == 1
+    assert (result.stdout + result.stderr).count("Report:") == 1
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} <= {
         "epoch_000.ckpt",
         "epoch_001.ckpt",
@@ -96,6 +99,14 @@ def test_two_process_ddp_run_is_correct(tmp_path, idx_root):
     for term in ("loss", "rec", "kl", "elbo"):
         logged = events.Scalars(f"val/{term}")[-1].value
         assert single[f"val/{term}"] == pytest.approx(logged, rel=1e-6, abs=1e-5), term
+
+    # val/active_units comes from rank 0's fixed images (its shard: validation batches 0 and
+    # 2), counted once: the other rank adds 0.
+    datamodule.setup()
+    images = datamodule.splits["val"][0].float() / 255
+    with torch.no_grad():
+        mu, _ = model.net.encode(torch.cat([images[0:30], images[60:90]]))
+    assert events.Scalars("val/active_units")[-1].value == active_units(mu)
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 from vae_lightning.checkpoints import load_checkpoint
 from vae_lightning.config_checks import build_checked_model, check_config
 from vae_lightning.run_dir import accepts_resume, save_run_record
+from vae_lightning.hparams import log_hparams
+from vae_lightning.report import write_report_after_training
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+    if cfg.get("hparams_tab"):
+        log_hparams(trainer, cfg, metrics, **cfg.hparams_tab)
     report(cfg, metrics, best)
+    if cfg.get("report"):
+        write_report_after_training(trainer, Path(cfg.paths.output_dir))
     return metrics
 
 

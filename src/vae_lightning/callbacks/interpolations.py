@@ -1,0 +1,55 @@
+"""Interpolations between pairs of validation images through the latent space."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+from vae_lightning.callbacks.base import VisualCallback, decode, encode
+from vae_lightning.models.latent import INTERPOLATIONS
+
+
+class LatentInterpolations(VisualCallback):
+    """Logs ``val/interpolations``: one row per pair of fixed validation images.
+
+    Each row shows image a, the decoder means along the path between the posterior means of
+    a and b (``num_steps`` points, both ends included), then image b.
+
+    Args:
+        num_pairs: rows; pair i is fixed validation images 2i and 2i+1.
+        num_steps: decoded points per path.
+        method: ``linear`` (straight line) or ``spherical`` (slerp, which stays in the shell
+            where a high-dimensional Gaussian keeps its mass).
+    """
+
+    def __init__(
+        self,
+        num_pairs: int = 8,
+        num_steps: int = 10,
+        method: str = "linear",
+        every_n_epochs: int = 1,
+    ) -> None:
+        if method not in INTERPOLATIONS:
+            raise ValueError(
+                f"callbacks.interpolations.method={method!r} is not known; "
+                f"use one of {sorted(INTERPOLATIONS)}."
+            )
+        super().__init__(2 * num_pairs, every_n_epochs)
+        self.num_steps, self.method = num_steps, method
+
+    def log_visuals(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter
+    ) -> None:
+        pairs = self.num_collected // 2
+        if pairs == 0:
+            return
+        inputs = self.images[: 2 * pairs].float().cpu()
+        mu, _ = encode(pl_module, inputs)
+        weights = torch.linspace(0.0, 1.0, self.num_steps)
+        path = INTERPOLATIONS[self.method](mu[0::2], mu[1::2], weights)  # (pairs, steps, D)
+        middle = decode(pl_module, path.flatten(0, 1)).unflatten(0, (pairs, self.num_steps))
+        rows = torch.cat([inputs[0::2, None], middle, inputs[1::2, None]], dim=1)
+        grid = make_grid(rows.flatten(0, 1), nrow=self.num_steps + 2)
+        writer.add_image("val/interpolations", grid, trainer.global_step)

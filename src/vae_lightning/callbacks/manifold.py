@@ -1,0 +1,53 @@
+"""The learned 2-D manifold, as in Kingma & Welling's figure (latent_dim == 2 only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+from vae_lightning.callbacks.base import VisualCallback, decode
+from vae_lightning.models.latent import gaussian_grid
+
+
+class LatentManifold(VisualCallback):
+    """Logs ``val/manifold``: decoder means over a grid of N(0, 1) quantiles.
+
+    Only a 2-D latent space can be drawn this way; with any other ``latent_dim`` the callback
+    says so once and logs nothing (``val/traversals`` and ``val/latent_pca`` cover that case).
+
+    Args:
+        grid_size: images per side.
+        quantile_range: lowest and highest prior probability on each axis; (0.05, 0.95)
+            spans about +-1.64 standard deviations.
+    """
+
+    def __init__(
+        self,
+        grid_size: int = 20,
+        quantile_range: Sequence[float] = (0.05, 0.95),
+        every_n_epochs: int = 1,
+    ) -> None:
+        super().__init__(num_images=0, every_n_epochs=every_n_epochs)
+        self.grid_size = grid_size
+        self.latents = gaussian_grid(grid_size, *quantile_range)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.net.latent_dim != 2:
+            rank_zero_info(
+                f"val/manifold is drawn only for model.latent_dim=2 (this run has "
+                f"{pl_module.net.latent_dim}); see val/traversals and val/latent_pca instead."
+            )
+
+    def log_visuals(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter
+    ) -> None:
+        if pl_module.net.latent_dim != 2:
+            return
+        images = decode(pl_module, self.latents)
+        writer.add_image(
+            "val/manifold", make_grid(images, nrow=self.grid_size), trainer.global_step
+        )

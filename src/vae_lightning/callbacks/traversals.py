@@ -1,0 +1,60 @@
+"""Latent traversals: one latent dimension at a time, the most informative first."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+from vae_lightning.callbacks.base import VisualCallback, decode, encode
+from vae_lightning.models.diagnostics import kl_per_dimension
+from vae_lightning.models.latent import traversal_latents
+
+
+class LatentTraversals(VisualCallback):
+    """Logs ``val/traversals``: row k varies one latent dimension over [-limit, limit].
+
+    The other dimensions stay at the posterior mean of one fixed validation image. Rows are
+    ordered by KL(q(z_d|x) || N(0, 1)) averaged over ``num_images`` fixed validation images,
+    largest first, so informative dimensions come first and collapsed ones (constant rows)
+    last; the first ``num_dims`` of that order are shown.
+
+    Args:
+        num_dims: rows (K); all dimensions when the latent space is smaller.
+        num_steps: values per row, evenly spaced over [-limit, limit].
+        limit: the traversal range in prior standard deviations.
+        image_index: which of the fixed validation images is the centre of the traversal.
+        num_images: fixed validation images over which the KL per dimension is averaged.
+    """
+
+    def __init__(
+        self,
+        num_dims: int = 10,
+        num_steps: int = 11,
+        limit: float = 3.0,
+        image_index: int = 0,
+        num_images: int = 256,
+        every_n_epochs: int = 1,
+    ) -> None:
+        if not 0 <= image_index < num_images:
+            raise ValueError(
+                f"image_index={image_index} must index one of the num_images={num_images} "
+                "fixed validation images."
+            )
+        super().__init__(num_images, every_n_epochs)
+        self.num_dims, self.num_steps, self.limit = num_dims, num_steps, limit
+        self.image_index = image_index
+
+    def log_visuals(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter
+    ) -> None:
+        mu, logvar = encode(pl_module, self.images)
+        order = kl_per_dimension(mu, logvar).argsort(descending=True, stable=True)
+        dims = order[: self.num_dims].tolist()
+        values = torch.linspace(-self.limit, self.limit, self.num_steps)
+        centre = mu[min(self.image_index, len(mu) - 1)]
+        images = decode(pl_module, traversal_latents(centre, dims, values))
+        writer.add_image(
+            "val/traversals", make_grid(images, nrow=self.num_steps), trainer.global_step
+        )
