@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 
 from vae_lightning.checkpoints import load_checkpoint
 from vae_lightning.config_checks import build_checked_model, check_config
-from vae_lightning.run_dir import accepts_resume, save_run_record
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
+from vae_lightning.run_dir import accepts_resume, save_run_record
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
