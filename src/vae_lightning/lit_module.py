@@ -10,18 +10,25 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import CatMetric, MeanMetric
 
-from vae_lightning.models.losses import ELBOTerms, elbo_terms
+from vae_lightning.models.diagnostics import active_units
+from vae_lightning.models.iwae import bits_per_dim, iwae_log_likelihood
+from vae_lightning.models.likelihoods import Likelihood
+from vae_lightning.models.losses import ELBOTerms
+from vae_lightning.models.objectives import ELBO, IWAE, decoder_log_likelihood
 from vae_lightning.models.vae import VAE, VAEOutput
 
 EVAL_STAGES = ("val", "test")
 EVAL_SEED = 0
 TERMS = ELBOTerms._fields  # loss, rec, kl, elbo
+# Defaults for checkpoints written before likelihoods and objectives were configurable.
+BERNOULLI = {"_target_": "vae_lightning.models.likelihoods.Bernoulli"}
+PLAIN_ELBO = {"_target_": "vae_lightning.models.objectives.ELBO"}
 
 
 class VAELitModule(L.LightningModule):
-    """Trains a VAE on ``loss = rec + beta * kl`` and logs the ELBO terms in nats per image.
+    """Trains a VAE on its objective and logs the ELBO terms in nats per image.
 
     Arguments are plain data (dicts with ``_target_``), so checkpoints store only primitives
     and ``VAELitModule.load_from_checkpoint(path)`` needs nothing else.
@@ -30,8 +37,14 @@ class VAELitModule(L.LightningModule):
         net: config of a function or class returning a :class:`VAE` (e.g. ``mlp_vae``).
         optimizer: config of a ``torch.optim`` class, built with this module's parameters.
         latent_dim: size of z, passed on to ``net``.
-        beta: weight of the KL term in the optimised loss (1 is the true ELBO).
+        beta: weight of the KL term in the optimised loss (1 is the true ELBO); a warm-up or
+            cyclical schedule of the objective multiplies it.
         compile: wrap the network in ``torch.compile``.
+        likelihood: config of a :class:`Likelihood` (default Bernoulli): what the decoder's
+            output means and the log p(x|z) every metric uses.
+        objective: config of :class:`ELBO` (default) or :class:`IWAE`: what is optimised.
+        test_iwae_k: importance samples per image for ``test/nll_iwae`` (0 skips it).
+        iwae_chunk_rows: decoder rows per pass of that estimator; bounds its memory.
     """
 
     def __init__(
@@ -41,22 +54,36 @@ class VAELitModule(L.LightningModule):
         latent_dim: int = 20,
         beta: float = 1.0,
         compile: bool = False,
+        likelihood: dict[str, Any] | None = None,
+        objective: dict[str, Any] | None = None,
+        test_iwae_k: int = 100,
+        iwae_chunk_rows: int = 16384,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net: VAE = instantiate(net, latent_dim=latent_dim)
+        # A module: a learned Gaussian variance is a parameter, saved and optimised with the net.
+        self.likelihood: Likelihood = instantiate(likelihood or BERNOULLI)
+        self.objective: ELBO | IWAE = instantiate(objective or PLAIN_ELBO)
         # Epoch means for evaluation, weighted by batch size and synced across DDP ranks, so
         # they are exact per-image averages over the whole split.
         self.epoch_means = torch.nn.ModuleDict(
             {f"{stage}_{term}": MeanMetric() for stage in EVAL_STAGES for term in TERMS}
         )
+        self.test_nll_iwae = MeanMetric()
+        self.test_posterior_means = CatMetric()  # E_q[z|x] of every test image, for active units
 
     def forward(self, x: Tensor) -> VAEOutput:
         return self.net(x)
 
     def decode_mean(self, z: Tensor) -> Tensor:
-        """The decoder's mean image E[x|z] (pixel probabilities of the Bernoulli decoder)."""
-        return torch.sigmoid(self.net.decode(z).float())
+        """The mean image E[x|z] under the likelihood (pixel probabilities for Bernoulli)."""
+        return self.likelihood.mean(self.net.decode(z))
+
+    @property
+    def kl_weight(self) -> float:
+        """beta times the objective's warm-up/cyclical schedule at the current global step."""
+        return self.hparams.beta * self.objective.schedule(self.global_step)
 
     # Evaluation draws its z samples from a fixed seed on a forked RNG, so val/test metrics
     # depend on the weights only (a reloaded checkpoint reproduces them exactly) and the
@@ -70,8 +97,21 @@ class VAELitModule(L.LightningModule):
     def _exit_eval_rng(self) -> None:
         self._eval_rng.close()
 
-    on_validation_epoch_start = on_test_epoch_start = _enter_eval_rng
-    on_validation_epoch_end = on_test_epoch_end = _exit_eval_rng
+    on_validation_epoch_start = _enter_eval_rng
+    on_validation_epoch_end = _exit_eval_rng
+
+    def on_test_epoch_start(self) -> None:
+        self._enter_eval_rng()
+        # The importance samples have their own seeded stream: test/nll_iwae is a function of
+        # the weights, the data and k only (see iwae_log_likelihood for the exact contract).
+        self._iwae_generator = torch.Generator(self.device).manual_seed(EVAL_SEED)
+
+    def on_test_epoch_end(self) -> None:
+        self._exit_eval_rng()
+        if self.hparams.test_iwae_k:
+            self.log("test/bits_per_dim", bits_per_dim(self.test_nll_iwae.compute(), self._dims))
+        self.log("test/active_units", float(active_units(self.test_posterior_means.compute())))
+        self.test_posterior_means.reset()
 
     # Each evaluation batch draws from a seed set by its number in the single-process order
     # (rank r of N evaluates batches r, r + N, ... of it: data/loaders.py), so val/test metrics
@@ -94,11 +134,14 @@ class VAELitModule(L.LightningModule):
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         images, _ = batch
-        out = self.net(images)
-        terms = elbo_terms(out.logits, images, out.mu, out.logvar, self.hparams.beta)
+        kl_weight = self.kl_weight
+        terms = self.objective(self.net, self.likelihood, images, kl_weight)
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
             values = {f"train/{name}": value.detach() for name, value in terms._asdict().items()}
+            if self.objective.schedule.active:
+                # torch.full passes the float to a fill kernel: no host-device copy, no sync.
+                values["train/kl_weight"] = torch.full((), kl_weight, device=self.device)
             self.log_dict(values, on_step=True, on_epoch=False, batch_size=len(images))
             return terms.loss
         for name, value in terms._asdict().items():
@@ -114,7 +157,25 @@ class VAELitModule(L.LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """The ELBO terms, plus the importance-weighted log p(x) and the posterior means."""
         self._shared_step(batch, "test")
+        images, _ = batch
+        mu, logvar = self.net.encode(images)
+        self.test_posterior_means.update(mu.float())
+        self._dims = images[0].numel()
+        k = self.hparams.test_iwae_k
+        if k:
+            log_px = iwae_log_likelihood(
+                images,
+                mu,
+                logvar,
+                lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x),
+                k=k,
+                chunk_rows=self.hparams.iwae_chunk_rows,
+                generator=self._iwae_generator,
+            )
+            self.test_nll_iwae.update(-log_px)
+            self.log("test/nll_iwae", self.test_nll_iwae, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return instantiate(self.hparams.optimizer, params=self.parameters())

@@ -15,7 +15,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig
 
 from vae_lightning.checkpoints import load_checkpoint
@@ -38,6 +38,23 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node and "_target_" in node]
 
 
+def warn_if_likelihood_mismatches_data(cfg: DictConfig) -> None:
+    """A Bernoulli wants 0/1 pixels, a density on [0, 1] wants grey levels: say so if not."""
+    likelihood = str(cfg.likelihood.get("_target_", "")).rsplit(".", 1)[-1]
+    binarized = cfg.data.get("binarize", "none") != "none"
+    if likelihood == "Bernoulli" and not binarized:
+        rank_zero_warn(
+            "likelihood=bernoulli on grey levels (data.binarize=none): BCE on intensities is "
+            "not a normalised likelihood, so val/elbo and test/nll_iwae bound no density. Use "
+            "data.binarize=dynamic, or likelihood=continuous_bernoulli for grey levels."
+        )
+    elif likelihood in ("ContinuousBernoulli", "Gaussian") and binarized:
+        rank_zero_warn(
+            f"likelihood={likelihood} is a density for grey levels but data.binarize="
+            f"{cfg.data.binarize}: on 0/1 pixels it is unbounded. Use data.binarize=none."
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured VAE, then test its best checkpoint; return the final metrics.
 
@@ -45,11 +62,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from is checked before the first file is written into the run dir.
     """
     check_config(cfg)
+    warn_if_likelihood_mismatches_data(cfg)
     # A corrupt checkpoint fails here with a clear message rather than inside Lightning.
     resume_step = load_checkpoint(cfg.ckpt_path)["global_step"] if cfg.get("ckpt_path") else None
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    model = build_checked_model(cfg, lambda: instantiate(cfg.model, optimizer=cfg.optimizer))
+    model = build_checked_model(
+        cfg,
+        lambda: instantiate(
+            cfg.model,
+            optimizer=cfg.optimizer,
+            likelihood=cfg.likelihood,
+            objective=cfg.objective,
+            test_iwae_k=cfg.test_iwae_k,
+        ),
+    )
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()  # missing, corrupt or too small data fails here, not mid-fit
     datamodule.setup("fit")

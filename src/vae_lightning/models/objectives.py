@@ -1,0 +1,110 @@
+"""Training objectives: the ELBO (with KL warm-up, cyclical annealing, free bits) and IWAE.
+
+An objective maps (network, likelihood, images, KL weight) to :class:`ELBOTerms`, batch
+means in nats per image: ``loss`` is what is optimised, ``rec`` and ``kl`` are the usual
+single-sample terms and ``elbo = -(rec + kl)`` is the true ELBO whatever the objective.
+
+The KL weight at a step is ``model.beta`` times the objective's schedule, a pure function of
+the global step (so it survives a resume):
+
+- warm-up (Sønderby et al., 2016): linear from 0 to 1 over ``kl_warmup_steps``, then 1;
+- cyclical annealing (Fu et al., 2019): the same ramp restarted every ``cycle_steps`` steps.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from vae_lightning.models.diagnostics import kl_per_dimension
+from vae_lightning.models.iwae import iwae_bound, log_importance_weights
+from vae_lightning.models.likelihoods import Likelihood
+from vae_lightning.models.losses import ELBOTerms, gaussian_kl
+from vae_lightning.models.vae import VAE
+
+
+def decoder_log_likelihood(net: VAE, likelihood: Likelihood, z: Tensor, x: Tensor) -> Tensor:
+    """log p(x|z) for z of shape (n, B, D) against x of shape (B, C, H, W): (n, B)."""
+    n, batch = z.shape[:2]
+    logits = net.decode(z.flatten(0, 1)).unflatten(0, (n, batch))
+    return likelihood.log_prob(logits, x)
+
+
+class KLSchedule:
+    """Multiplier of the KL term in [0, 1] as a function of the global step."""
+
+    def __init__(self, kl_warmup_steps: int = 0, cycle_steps: int = 0) -> None:
+        if kl_warmup_steps < 0 or cycle_steps < 0:
+            raise ValueError(
+                f"objective.kl_warmup_steps={kl_warmup_steps} and objective.cycle_steps="
+                f"{cycle_steps} must be >= 0 (0 turns them off)."
+            )
+        if cycle_steps and not 0 < kl_warmup_steps <= cycle_steps:
+            raise ValueError(
+                f"objective.cycle_steps={cycle_steps} restarts the KL warm-up every "
+                f"{cycle_steps} steps, so it needs 0 < objective.kl_warmup_steps <= "
+                f"cycle_steps (got {kl_warmup_steps}); Fu et al. (2019) ramp for half of "
+                f"each cycle: objective.kl_warmup_steps={cycle_steps // 2}."
+            )
+        self.kl_warmup_steps, self.cycle_steps = kl_warmup_steps, cycle_steps
+
+    @property
+    def active(self) -> bool:
+        return self.kl_warmup_steps > 0
+
+    def __call__(self, step: int) -> float:
+        if not self.active:
+            return 1.0
+        if self.cycle_steps:
+            step %= self.cycle_steps
+        return min(1.0, step / self.kl_warmup_steps)
+
+
+class ELBO:
+    """loss = rec + weight * sum_d max(free_bits, KL_d), KL_d the batch-mean KL of dimension d.
+
+    Free bits (Kingma et al., 2016): each latent dimension's KL, averaged over the batch, is
+    not penalised below ``free_bits`` nats, which keeps the encoder from collapsing them.
+    With ``free_bits=0`` this is the (beta-)ELBO with the closed-form Gaussian KL.
+    """
+
+    def __init__(
+        self, kl_warmup_steps: int = 0, cycle_steps: int = 0, free_bits: float = 0.0
+    ) -> None:
+        if free_bits < 0:
+            raise ValueError(f"objective.free_bits={free_bits} must be >= 0 (nats per latent).")
+        self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
+        self.free_bits = free_bits
+
+    def __call__(self, net: VAE, likelihood: Likelihood, x: Tensor, kl_weight: float) -> ELBOTerms:
+        out = net(x)
+        rec = -likelihood.log_prob(out.logits, x).mean()
+        kl_dims = kl_per_dimension(out.mu, out.logvar)
+        kl = kl_dims.sum()
+        penalty = kl_dims.clamp(min=self.free_bits).sum() if self.free_bits else kl
+        return ELBOTerms(loss=rec + kl_weight * penalty, rec=rec, kl=kl, elbo=-(rec + kl))
+
+
+class IWAE:
+    """loss = -IWAE_k: the k-sample importance-weighted bound (Burda et al., 2016).
+
+    A KL weight below 1 (warm-up) scales log p(z) - log q(z|x) inside each weight, as
+    Sønderby et al. (2016) do; with weight 1 the bound is exact. ``rec``/``kl`` come from the
+    first sample and the closed-form KL, so ``elbo`` is the same single-sample ELBO as under
+    :class:`ELBO`. With k = 1 the loss is the ELBO with a Monte-Carlo KL estimate.
+    """
+
+    def __init__(self, k: int = 5, kl_warmup_steps: int = 0, cycle_steps: int = 0) -> None:
+        if k < 1:
+            raise ValueError(f"objective.k={k}: the IWAE bound needs at least one sample.")
+        self.k = k
+        self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
+
+    def __call__(self, net: VAE, likelihood: Likelihood, x: Tensor, kl_weight: float) -> ELBOTerms:
+        mu, logvar = net.encode(x)
+        log_px, log_prior_ratio = log_importance_weights(
+            x, mu, logvar, lambda z, x_: decoder_log_likelihood(net, likelihood, z, x_), self.k
+        )
+        loss = -iwae_bound(log_px + kl_weight * log_prior_ratio).mean()
+        rec = -log_px[0].mean()
+        kl = gaussian_kl(mu.float(), logvar.float()).mean()
+        return ELBOTerms(loss=loss, rec=rec, kl=kl, elbo=-(rec + kl))
