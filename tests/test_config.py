@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.lit_module import VAELitModule
-from vae_lightning.train import instantiate_named
+from vae_lightning.train import instantiate_named, warn_if_likelihood_mismatches_data
 
 
 def options(group: str) -> list[str]:
@@ -21,6 +21,35 @@ def test_groups_hold_the_documented_options():
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
     assert options("debug") == ["fast"]
+    assert options("likelihood") == ["bernoulli", "continuous_bernoulli", "gaussian"]
+    assert options("objective") == ["elbo", "iwae"]
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "binarize"),
+    [("bernoulli", "dynamic"), ("continuous_bernoulli", "none"), ("gaussian", "none")],
+)
+@pytest.mark.parametrize("objective", options("objective"))
+def test_likelihood_and_objective_instantiate(compose_train, likelihood, binarize, objective):
+    cfg = compose_train([f"likelihood={likelihood}", f"objective={objective}"])
+    assert cfg.data.binarize == binarize  # each likelihood gets the data it is a density of
+    module = instantiate(
+        cfg.model, optimizer=cfg.optimizer, likelihood=cfg.likelihood, objective=cfg.objective
+    )
+    assert type(module.hparams["likelihood"]) is dict and type(module.hparams["objective"]) is dict
+    x = torch.rand(2, 1, 28, 28)
+    terms = module.objective(module.net, module.likelihood, x, kl_weight=1.0)
+    assert torch.isfinite(torch.stack(list(terms))).all()
+    assert module.decode_mean(torch.zeros(3, 20)).shape == (3, 1, 28, 28)
+
+
+def test_likelihood_data_mismatch_warns(compose_train):
+    cfg = compose_train(["likelihood=gaussian", "data.binarize=dynamic"])
+    with pytest.warns(UserWarning, match="unbounded"):
+        warn_if_likelihood_mismatches_data(cfg)
+    cfg = compose_train(["data.binarize=none"])
+    with pytest.warns(UserWarning, match="not a normalised likelihood"):
+        warn_if_likelihood_mismatches_data(cfg)
 
 
 @pytest.mark.parametrize("model", options("model"))

@@ -1,5 +1,6 @@
 """End to end: `vae-train` runs, writes TensorBoard events and checkpoints that load alone."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,13 @@ def test_vae_train_cli_end_to_end(tmp_path, idx_root):
     scalars = set(events.Tags()["scalars"])
     assert scalars >= SCALAR_TAGS
     assert {"test/elbo", "test/rec", "test/kl", "test/loss"} <= scalars
+    assert {"test/nll_iwae", "test/bits_per_dim", "test/active_units"} <= scalars
+    (elbo,), (nll,) = events.Scalars("test/elbo"), events.Scalars("test/nll_iwae")
+    assert elbo.value <= -nll.value  # IWAE_100 is tighter than the ELBO
+    (bpd,) = events.Scalars("test/bits_per_dim")
+    assert bpd.value == pytest.approx(nll.value / (784 * math.log(2)), rel=1e-6)
+    (active,) = events.Scalars("test/active_units")
+    assert active.value == int(active.value) and 0 <= active.value <= 20
     for tag in SCALAR_TAGS:
         values = [e.value for e in events.Scalars(tag)]
         assert values and all(torch.isfinite(torch.tensor(values)))
@@ -92,6 +100,48 @@ def test_checkpoint_loads_alone_and_reproduces_val_elbo(compose_train, tmp_path)
     (result,) = trainer.validate(model, datamodule=datamodule)
     assert result["val/elbo"] == pytest.approx(metrics["val/elbo"], abs=1e-4)
     assert result["val/loss"] == pytest.approx(-result["val/elbo"], abs=1e-4)  # beta = 1
+
+
+def test_non_default_likelihood_and_objective_checkpoint_loads_alone(compose_train, tmp_path):
+    """A learned Gaussian variance and the IWAE objective survive the round trip."""
+    cfg = compose_train(
+        [
+            "debug=fast",
+            "~callbacks.progress_bar",
+            "test=false",
+            "likelihood=gaussian",
+            "likelihood.variance=learned",
+            "objective=iwae",
+            "objective.k=3",
+        ]
+    )
+    assert cfg.data.binarize == "none"  # the likelihood picked grey levels
+    metrics = train(cfg)
+    model = VAELitModule.load_from_checkpoint(tmp_path / "checkpoints" / "epoch_000.ckpt")
+    assert type(model.likelihood).__name__ == "Gaussian" and model.objective.k == 3
+    trained_log_std = model.likelihood.log_std.detach().clone()
+    assert trained_log_std.shape == (1, 28, 28)
+    assert (trained_log_std != math.log(0.1)).any()  # it was learned, and saved
+    (result,) = L.Trainer(
+        logger=False, enable_progress_bar=False, limit_val_batches=2, accelerator="cpu"
+    ).validate(model, datamodule=instantiate(cfg.data))
+    assert result["val/elbo"] == pytest.approx(metrics["val/elbo"], abs=1e-3)
+
+
+def test_kl_warmup_changes_the_logged_loss_exactly(compose_train, tmp_path):
+    """Per step: train/kl_weight = beta * step / warmup and train/loss = rec + weight * kl."""
+    cfg = compose_train(
+        ["debug=fast", "~callbacks", "test=false", "model.beta=2", "objective.kl_warmup_steps=4"]
+    )
+    train(cfg)
+    events = load_events(tmp_path)
+    weights = {e.step: e.value for e in events.Scalars("train/kl_weight")}
+    assert weights == {0: 0.0, 1: 0.5, 2: 1.0, 3: 1.5}  # 4 batches of 128 in 500 images
+    rec = {e.step: e.value for e in events.Scalars("train/rec")}
+    kl = {e.step: e.value for e in events.Scalars("train/kl")}
+    for event in events.Scalars("train/loss"):
+        step = event.step
+        assert event.value == pytest.approx(rec[step] + weights[step] * kl[step], rel=1e-6)
 
 
 def test_beta_changes_loss_but_not_elbo(compose_train):

@@ -21,6 +21,11 @@ from torch import Tensor
 LogLikelihoodFn = Callable[[Tensor, Tensor], Tensor]
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """Log-weights are sums of hundreds of terms: never accumulate them in half precision."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def sample_posterior(
     mu: Tensor, logvar: Tensor, k: int, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -30,7 +35,7 @@ def sample_posterior(
     z = mu + sigma * eps, log q(z|x) = -1/2 sum(eps^2 + logvar + log 2 pi); the 2 pi terms
     cancel against those of the standard normal prior.
     """
-    mu, logvar = mu.float(), logvar.float()
+    mu, logvar = at_least_float32(mu), at_least_float32(logvar)
     eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
     z = mu + torch.exp(0.5 * logvar) * eps
     log_prior_ratio = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(dim=-1)
@@ -47,7 +52,7 @@ def log_importance_weights(
 ) -> tuple[Tensor, Tensor]:
     """log p(x|z_i) and log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x); each (k, B)."""
     z, log_prior_ratio = sample_posterior(mu, logvar, k, generator)
-    return log_px_given_z(z, x).float(), log_prior_ratio
+    return at_least_float32(log_px_given_z(z, x)), log_prior_ratio
 
 
 def iwae_bound(log_weights: Tensor) -> Tensor:
@@ -75,7 +80,7 @@ def iwae_log_likelihood(
     if k < 1 or chunk_rows < 1:
         raise ValueError(f"IWAE needs k >= 1 and chunk_rows >= 1, got k={k}, {chunk_rows=}.")
     per_chunk = max(1, chunk_rows // len(x))
-    total = torch.full((len(x),), -math.inf, device=x.device)
+    total = torch.full((len(x),), -math.inf, device=x.device, dtype=at_least_float32(mu).dtype)
     for start in range(0, k, per_chunk):
         n = min(per_chunk, k - start)
         log_px, log_prior_ratio = log_importance_weights(

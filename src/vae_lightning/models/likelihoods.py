@@ -48,9 +48,10 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(logits.float())
 
 
-# Below this |logit| the closed forms divide 0 by 0; their Taylor series are exact to float64
-# rounding there (the first neglected terms are ~eta^6 / 10^5 and ~eta^7 / 10^6).
-CB_TAYLOR_CUTOFF = 1e-2
+# Below these |logit|s the closed forms lose digits to cancellation (and divide 0 by 0 at
+# lambda = 0.5); their Taylor series are exact to float32 rounding there (the first terms left
+# out are eta^8 / 9676800 and eta^7 / 1209600, below 1e-14 at |eta| = 0.1).
+CB_TAYLOR_CUTOFF = 1e-1
 CB_MEAN_TAYLOR_CUTOFF = 1e-1
 
 
@@ -60,14 +61,15 @@ def continuous_bernoulli_log_partition(logits: Tensor) -> Tensor:
     The continuous Bernoulli with lambda = sigmoid(eta) is the exponential family
     p(x) = exp(eta x - A(eta)) on [0, 1]. For large |eta| the form
     max(eta, 0) + log(1 - exp(-|eta|)) - log|eta| cannot overflow; near eta = 0 (lambda near
-    0.5, where the paper's expression is 0/0) the Taylor series eta/2 + eta^2/24 - eta^4/2880.
+    0.5, where the paper's expression is 0/0) its Taylor series
+    eta/2 + log(sinh(eta/2) / (eta/2)) = eta/2 + eta^2/24 - eta^4/2880 + eta^6/181440 - ...
     """
     eta = logits
     small = eta.abs() < CB_TAYLOR_CUTOFF
     # Each branch sees only inputs where it is finite, so no NaN leaks into the gradients.
     big, tiny = torch.where(small, 1.0, eta), torch.where(small, eta, 0.0)
     exact = big.clamp(min=0) + torch.log(-torch.expm1(-big.abs())) - torch.log(big.abs())
-    taylor = tiny / 2 + tiny.pow(2) / 24 - tiny.pow(4) / 2880
+    taylor = tiny / 2 + tiny.pow(2) / 24 - tiny.pow(4) / 2880 + tiny.pow(6) / 181440
     return torch.where(small, taylor, exact)
 
 
