@@ -202,9 +202,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir) / "eval.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    Console().print(
-        f"Peak memory: {results['peak_memory_mb']:.0f} MiB "
-        f"({results['peak_memory_kind']}), {results['seconds']:.1f} s. Wrote {out}"
+    print(
+        f"Peak memory {results['peak_memory_mb']:.0f} MiB ({results['peak_memory_kind']}), "
+        f"{results['seconds']:.1f} s on {results['device']}. Results: {out}"
     )
     return results
 

@@ -1,0 +1,169 @@
+"""vae-eval end to end: a tiny trained run on generated IDX data, evaluated and read back."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from vae_lightning.evaluate import EvaluationError, evaluate
+from vae_lightning.train import train
+
+TEST_IMAGES = 200  # in the generated test split (conftest.write_dataset)
+
+
+def compose_with_hydra(config_name: str, overrides: list[str]):
+    """Compose as the entry point would and make ${hydra:...} and HydraConfig.get() work."""
+    cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, idx_root) -> Path:
+    """A one-epoch run laid out as vae-train writes it: .hydra/config.yaml, checkpoints/, TB."""
+    run_dir = tmp_path_factory.mktemp("run")
+    overrides = [
+        "debug=fast",
+        f"data.root={idx_root}",
+        "data.download=false",
+        "data.val_size=100",
+        "~callbacks.progress_bar",
+        "~callbacks.images",
+        f"paths.output_dir={run_dir}",
+        f"paths.log_dir={run_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose_with_hydra("train", overrides)
+        # What Hydra saves before the job runs: the composed task config, unresolved.
+        (run_dir / ".hydra").mkdir()
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+        train(cfg)
+    GlobalHydra.instance().clear()
+    return run_dir
+
+
+@pytest.fixture
+def evaluate_in_process(tmp_path):
+    def _evaluate(overrides: list[str]) -> dict:
+        base = [
+            f"paths.output_dir={tmp_path}",
+            f"paths.log_dir={tmp_path}",
+            "eval.progress_bar=false",
+        ]
+        return evaluate(compose_with_hydra("eval", [*base, *overrides]))
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield _evaluate
+    GlobalHydra.instance().clear()
+
+
+def test_vae_eval_cli_reproduces_the_test_metrics_logged_after_training(trained_run, tmp_path):
+    """Same checkpoint, batch and k as the end-of-training test: the very same numbers."""
+    ckpt = trained_run / "checkpoints" / "epoch_000.ckpt"
+    eval_dir = tmp_path / "eval"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vae_lightning.evaluate",
+            f"ckpt_path={ckpt}",
+            "eval.iwae_k=100",
+            "eval.batch_size=1000",
+            f"hydra.run.dir={eval_dir}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/nll_iwae (k=100)" in result.stdout
+
+    report = json.loads((eval_dir / "eval.json").read_text())
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    for name in ("elbo", "rec", "kl", "loss", "nll_iwae", "bits_per_dim", "active_units"):
+        (logged,) = events.Scalars(f"test/{name}")
+        assert report[f"test/{name}"] == pytest.approx(logged.value, abs=1e-4), name
+    assert report["test/bits_per_dim"] == pytest.approx(
+        report["test/nll_iwae"] / (784 * math.log(2)), rel=1e-6
+    )
+    assert report["iwae_k"] == 100 and report["split"] == "test"
+    assert report["num_images"] == TEST_IMAGES
+    assert report["ckpt_path"] == str(ckpt)
+    assert report["data"]["dataset"] == "mnist" and report["data"]["binarize"] == "dynamic"
+    assert report["likelihood"] == "Bernoulli" and report["objective"] == "ELBO"
+    assert report["peak_memory_mb"] > 0
+
+
+def test_val_split_and_data_key_overrides_apply_on_the_runs_data(
+    trained_run, evaluate_in_process, idx_root
+):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    report = evaluate_in_process(
+        [f"ckpt_path={ckpt}", "eval.split=val", "eval.iwae_k=10", "data.val_size=60"]
+    )
+    assert report["split"] == "val" and report["num_images"] == 60
+    assert report["data"]["val_size"] == 60
+    assert report["data"]["root"] == str(idx_root)  # the run's own, kept
+    assert report["val/nll_iwae"] <= -report["val/elbo"] + 1.0
+    assert not any(key.startswith("test/") for key in report)
+
+
+def test_k_and_subset_are_honoured(trained_run, evaluate_in_process):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    small = evaluate_in_process([f"ckpt_path={ckpt}", "eval.iwae_k=1", "eval.batch_size=50"])
+    large = evaluate_in_process(
+        [f"ckpt_path={ckpt}", "eval.iwae_k=200", "eval.batch_size=50", "eval.limit_batches=2"]
+    )
+    assert small["num_images"] == TEST_IMAGES and large["num_images"] == 100
+    # k = 1 is a single-sample ELBO estimate, k = 200 a much tighter bound.
+    assert small["test/nll_iwae"] == pytest.approx(-small["test/elbo"], abs=3.0)
+    assert large["test/nll_iwae"] < small["test/nll_iwae"]
+
+
+def test_checkpoint_outside_its_run_needs_a_data_option(
+    trained_run, evaluate_in_process, idx_root
+):
+    loose = trained_run.parent / "loose.ckpt"
+    shutil.copy(trained_run / "checkpoints" / "last.ckpt", loose)
+    with pytest.raises(EvaluationError, match="data=<option>"):
+        evaluate_in_process([f"ckpt_path={loose}", "eval.iwae_k=2"])
+    report = evaluate_in_process(
+        [
+            f"ckpt_path={loose}",
+            "eval.iwae_k=2",
+            "data=mnist",
+            f"data.root={idx_root}",
+            "data.download=false",
+            "data.val_size=100",
+        ]
+    )
+    assert report["data"]["root"] == str(idx_root) and report["num_images"] == TEST_IMAGES
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ([], "vae-eval needs the checkpoint"),
+        (["ckpt_path=/nonexistent/x.ckpt"], "no such file"),
+        (["ckpt_path=RUN", "eval.split=train"], "eval.split='train'"),
+    ],
+)
+def test_bad_invocations_say_what_to_do(trained_run, evaluate_in_process, overrides, match):
+    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    with pytest.raises(EvaluationError, match=match):
+        evaluate_in_process([o.replace("RUN", ckpt) for o in overrides])
