@@ -109,7 +109,10 @@ class VAELitModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._exit_eval_rng()
         if self.hparams.test_iwae_k:
-            self.log("test/bits_per_dim", bits_per_dim(self.test_nll_iwae.compute(), self._dims))
+            self.log(
+                "test/bits_per_dim",
+                bits_per_dim(self.test_nll_iwae.compute(), self._pixels_per_image),
+            )
         self.log("test/active_units", float(active_units(self.test_posterior_means.compute())))
         self.test_posterior_means.reset()
 
@@ -162,7 +165,7 @@ class VAELitModule(L.LightningModule):
         images, _ = batch
         mu, logvar = self.net.encode(images)
         self.test_posterior_means.update(mu.float())
-        self._dims = images[0].numel()
+        self._pixels_per_image = images[0].numel()
         k = self.hparams.test_iwae_k
         if k:
             log_px = iwae_log_likelihood(
