@@ -96,7 +96,11 @@ def evaluate_checkpoint(
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
     start = time.perf_counter()
-    trainer.test(model, datamodule=datamodule, verbose=False)
+    try:
+        trainer.test(model, datamodule=datamodule, verbose=False)
+    finally:
+        if split == "val":
+            del datamodule.test_dataloader  # the class's own method again
     seconds = time.perf_counter() - start
     memory, memory_kind = peak_memory_mb(trainer.strategy.root_device)
 
