@@ -133,6 +133,9 @@ def test_k_and_subset_are_honoured(trained_run, evaluate_in_process):
     # k = 1 is a single-sample ELBO estimate, k = 200 a much tighter bound.
     assert small["test/nll_iwae"] == pytest.approx(-small["test/elbo"], abs=3.0)
     assert large["test/nll_iwae"] < small["test/nll_iwae"]
+    off = evaluate_in_process([f"ckpt_path={ckpt}", "eval.iwae_k=0", "eval.limit_batches=1"])
+    assert "test/nll_iwae" not in off and "test/bits_per_dim" not in off
+    assert "test/elbo" in off and "test/active_units" in off
 
 
 def test_checkpoint_outside_its_run_needs_a_data_option(
