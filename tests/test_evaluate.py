@@ -14,8 +14,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_sweeps import output, vae_train
 
-from vae_lightning.evaluate import EvaluationError, evaluate
+from vae_lightning.data import MNISTDataModule
+from vae_lightning.evaluate import EvaluationError, evaluate, evaluate_checkpoint
 from vae_lightning.train import train
 
 TEST_IMAGES = 200  # in the generated test split (conftest.write_dataset)
@@ -170,3 +172,40 @@ def test_bad_invocations_say_what_to_do(trained_run, evaluate_in_process, overri
     ckpt = str(trained_run / "checkpoints" / "last.ckpt")
     with pytest.raises(EvaluationError, match=match):
         evaluate_in_process([o.replace("RUN", ckpt) for o in overrides])
+
+
+@pytest.mark.slow
+def test_test_metrics_under_ddp_equal_one_process(tmp_path, idx_root):
+    """test/nll_iwae and active units of a 2-process CPU run = one process on the same split."""
+    run_dir = tmp_path / "run"
+    result = vae_train(
+        [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "debug=fast",
+            "trainer.limit_test_batches=1.0",
+            f"data.root={idx_root}",
+            "data.download=false",
+            "data.val_size=100",
+            "data.eval_batch_size=30",  # 200 test images: 7 batches dealt out to 2 ranks
+            "test_iwae_k=20",
+            "~callbacks.progress_bar",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, output(result)
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    single = evaluate_checkpoint(
+        run_dir / "checkpoints" / "epoch_000.ckpt",
+        MNISTDataModule(root=str(idx_root), download=False, val_size=100, eval_batch_size=30),
+        iwae_k=20,
+        accelerator="cpu",
+        progress_bar=False,
+    )
+    assert single["num_images"] == TEST_IMAGES
+    for name in ("elbo", "nll_iwae", "bits_per_dim", "active_units"):
+        (logged,) = events.Scalars(f"test/{name}")
+        assert single[f"test/{name}"] == pytest.approx(logged.value, rel=1e-5, abs=1e-4), name

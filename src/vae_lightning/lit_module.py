@@ -21,6 +21,7 @@ from vae_lightning.models.vae import VAE, VAEOutput
 
 EVAL_STAGES = ("val", "test")
 EVAL_SEED = 0
+IWAE_STREAM = 10**9  # offsets the importance samples' seeds from the ELBO's
 TERMS = ELBOTerms._fields  # loss, rec, kl, elbo
 # Defaults for checkpoints written before likelihoods and objectives were configurable.
 BERNOULLI = {"_target_": "vae_lightning.models.likelihoods.Bernoulli"}
@@ -100,11 +101,7 @@ class VAELitModule(L.LightningModule):
     on_validation_epoch_start = _enter_eval_rng
     on_validation_epoch_end = _exit_eval_rng
 
-    def on_test_epoch_start(self) -> None:
-        self._enter_eval_rng()
-        # The importance samples have their own seeded stream: test/nll_iwae is a function of
-        # the weights, the data and k only (see iwae_log_likelihood for the exact contract).
-        self._iwae_generator = torch.Generator(self.device).manual_seed(EVAL_SEED)
+    on_test_epoch_start = _enter_eval_rng
 
     def on_test_epoch_end(self) -> None:
         self._exit_eval_rng()
@@ -119,8 +116,11 @@ class VAELitModule(L.LightningModule):
     # Each evaluation batch draws from a seed set by its number in the single-process order
     # (rank r of N evaluates batches r, r + N, ... of it: data/loaders.py), so val/test metrics
     # under DDP equal those of one process over the same split, to float tolerance.
+    def eval_batch_seed(self, batch_idx: int) -> int:
+        return EVAL_SEED + batch_idx * self.trainer.world_size + self.global_rank
+
     def seed_eval_batch(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        torch.manual_seed(EVAL_SEED + batch_idx * self.trainer.world_size + self.global_rank)
+        torch.manual_seed(self.eval_batch_seed(batch_idx))
 
     on_validation_batch_start = on_test_batch_start = seed_eval_batch
 
@@ -160,7 +160,11 @@ class VAELitModule(L.LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """The ELBO terms, plus the importance-weighted log p(x) and the posterior means."""
+        """The ELBO terms, plus the importance-weighted log p(x) and the posterior means.
+
+        The importance samples come from their own generator, seeded like the batch (so under
+        DDP too, test/nll_iwae is that of one process) but on a stream apart from the ELBO's.
+        """
         self._shared_step(batch, "test")
         images, _ = batch
         mu, logvar = self.net.encode(images)
@@ -175,7 +179,9 @@ class VAELitModule(L.LightningModule):
                 lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x),
                 k=k,
                 chunk_rows=self.hparams.iwae_chunk_rows,
-                generator=self._iwae_generator,
+                generator=torch.Generator(self.device).manual_seed(
+                    IWAE_STREAM + self.eval_batch_seed(batch_idx)
+                ),
             )
             self.test_nll_iwae.update(-log_px)
             self.log("test/nll_iwae", self.test_nll_iwae, on_step=False, on_epoch=True)
