@@ -6,6 +6,7 @@ from conftest import CONF_DIR
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from vae_lightning.config_checks import ConfigError, check_config
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.train import instantiate_named, warn_if_likelihood_mismatches_data
@@ -111,3 +112,22 @@ def test_unknown_option_lists_the_available_ones(compose_train):
 def test_misspelt_key_is_rejected(compose_train):
     with pytest.raises(ConfigCompositionException, match="latnt_dim"):
         compose_train(["model.latnt_dim=8"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["objective=iwae", "objective.k=0"], r"objective.k=0 is invalid"),
+        (["objective.free_bits=-1"], r"objective.free_bits=-1 is invalid"),
+        (["test_iwae_k=-5"], r"test_iwae_k=-5 is invalid"),
+        (["likelihood=gaussian", "likelihood.variance=per_image"], r"one of fixed, learned"),
+        # Cross-key: reported by the objective itself, as a config error.
+        (["objective.cycle_steps=100"], r"objective: .*objective.kl_warmup_steps=50"),
+        (["likelihood=gaussian", "likelihood.std=0.001"], r"likelihood: .*min_std"),
+    ],
+)
+def test_bad_likelihood_and_objective_settings_fail_before_training(
+    compose_train, overrides, match
+):
+    with pytest.raises(ConfigError, match=match):
+        check_config(compose_train(overrides))

@@ -14,7 +14,15 @@ def options(group: str) -> list[str]:
     "override",
     [
         f"{group}={option}"
-        for group in ("model", "optimizer", "data", "experiment", "debug")
+        for group in (
+            "model",
+            "optimizer",
+            "data",
+            "likelihood",
+            "objective",
+            "experiment",
+            "debug",
+        )
         for option in options(group)
     ]
     + ["trainer=cpu", "trainer=default"],

@@ -166,6 +166,8 @@ def test_checkpoint_outside_its_run_needs_a_data_option(
         ([], "vae-eval needs the checkpoint"),
         (["ckpt_path=/nonexistent/x.ckpt"], "no such file"),
         (["ckpt_path=RUN", "eval.split=train"], "eval.split='train'"),
+        (["ckpt_path=RUN", "eval.iwae_k=-1"], r"eval.iwae_k=-1 must be an integer >= 0"),
+        (["ckpt_path=RUN", "eval.chunk_rows=0"], r"eval.chunk_rows=0 must be"),
     ],
 )
 def test_bad_invocations_say_what_to_do(trained_run, evaluate_in_process, overrides, match):

@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -133,6 +134,14 @@ RULES: tuple[Rule, ...] = (
     Rule("data.split_seed", Number(integer=True, low=0), "the validation split seed"),
     Rule("data.download", Boolean(), "downloading missing files"),
     Rule("data.verify_checksums", Boolean(), "checking MD5s"),
+    Rule("test_iwae_k", Number(integer=True, low=0), "importance samples per test image"),
+    Rule("likelihood.variance", OneOf(("fixed", "learned")), "the Gaussian variance"),
+    Rule("likelihood.std", Number(low=0, low_open=True), "the Gaussian standard deviation"),
+    Rule("likelihood.min_std", Number(low=0, low_open=True), "the Gaussian std floor"),
+    Rule("objective.k", POSITIVE_INT, "importance samples per image of the IWAE bound"),
+    Rule("objective.kl_warmup_steps", Number(integer=True, low=0), "the KL warm-up length"),
+    Rule("objective.cycle_steps", Number(integer=True, low=0), "the KL annealing cycle"),
+    Rule("objective.free_bits", Number(low=0), "nats per latent dimension not penalised"),
     Rule("trainer.max_epochs", Number(integer=True, low=-1), "epochs to train (-1: no limit)"),
     Rule("trainer.gradient_clip_val", Number(low=0, optional=True), "the gradient norm clip"),
     Rule("trainer.log_every_n_steps", POSITIVE_INT, "the logging interval"),
@@ -153,7 +162,7 @@ def check_config(cfg: DictConfig) -> None:
     """
     problems = [problem for rule in RULES if (problem := _check_rule(cfg, rule))]
     if not problems:
-        problems += _check_devices(cfg)
+        problems += _check_devices(cfg) + _check_self_checking_groups(cfg)
     if problems:
         listed = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigError(
@@ -161,6 +170,28 @@ def check_config(cfg: DictConfig) -> None:
             "Fix the override(s) on the command line (or the config file that sets them); "
             "`vae-train --cfg job` prints the composed config."
         )
+
+
+# Groups the model builds from plain data. Building them here runs their own checks, those
+# that relate several keys (objective.cycle_steps needs objective.kl_warmup_steps), so a
+# mistake there is reported as what it is rather than as a model that cannot be built.
+SELF_CHECKING_GROUPS = ("likelihood", "objective")
+
+
+def _check_self_checking_groups(cfg: DictConfig) -> list[str]:
+    problems = []
+    for group in SELF_CHECKING_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        try:
+            instantiate(node)
+        except Exception as err:  # the group's own message says what to set
+            cause = err
+            while cause.__cause__ is not None:  # Hydra wraps it in InstantiationException
+                cause = cause.__cause__
+            problems.append(f"{group}: {cause}")
+    return problems
 
 
 def _select(cfg: DictConfig, key: str) -> Any:

@@ -187,6 +187,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise EvaluationError(f"ckpt_path={ckpt_path}: no such file.")
+    for key, low in (("iwae_k", 0), ("batch_size", 1), ("chunk_rows", 1)):
+        value = cfg.eval[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise EvaluationError(f"eval.{key}={value!r} must be an integer >= {low}.")
     data = data_config(cfg, list(HydraConfig.get().overrides.task))
     data["eval_batch_size"] = cfg.eval.batch_size
     datamodule = instantiate(data)
