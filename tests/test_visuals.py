@@ -239,7 +239,7 @@ def test_hparams_tab_lists_the_flattened_config_with_the_final_metrics(run5):
     assert "model._recursive_" not in hparams
 
     values = {metric.name.tag: metric.value for metric in group.metric_values}
-    assert set(values) == {"val/elbo", "val/kl", "val/active_units", "test/elbo"}
+    assert set(values) == {"val/elbo", "val/kl", "val/active_units", "test/elbo", "test/nll_iwae"}
     for name, value in values.items():
         assert value == pytest.approx(run5.metrics[name], rel=1e-6), name
     # The final values were not logged a second time at a later step.
