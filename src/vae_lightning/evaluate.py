@@ -147,8 +147,8 @@ def data_config(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     path = run_config_path(ckpt_path)
     if not path.is_file():
         raise EvaluationError(
-            f"vae-eval reads the data config of the checkpoint's run from {path}, which does "
-            f"not exist: {ckpt_path} is not in the checkpoints/ folder of a vae-train run "
+            f"the data config of the checkpoint's run is read from {path}, which does not "
+            f"exist: {ckpt_path} is not in the checkpoints/ folder of a vae-train run "
             "directory. Keep the checkpoint in its run directory, or say which data to "
             "evaluate on with data=<option> (e.g. data=fashion_mnist data.root=/path)."
         )
