@@ -31,7 +31,10 @@ class VAELitModule(L.LightningModule):
         optimizer: config of a ``torch.optim`` class, built with this module's parameters.
         latent_dim: size of z, passed on to ``net``.
         beta: weight of the KL term in the optimised loss (1 is the true ELBO).
-        compile: wrap the network in ``torch.compile``.
+        compile: wrap the network in ``torch.compile`` (pays off on GPUs and for long runs;
+            see README, Speed).
+        channels_last: store the network's conv weights in NHWC memory format, which cuDNN
+            and oneDNN prefer (conv models only; no effect on an MLP).
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class VAELitModule(L.LightningModule):
         latent_dim: int = 20,
         beta: float = 1.0,
         compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -89,6 +93,11 @@ class VAELitModule(L.LightningModule):
             torch.manual_seed(int(seed) + self.global_rank)
 
     def configure_model(self) -> None:
+        # Called by fit/validate/test and by load_from_checkpoint, so reloaded models match.
+        if self.hparams.channels_last:
+            # Weights in NHWC make every conv pick the NHWC kernels (inputs have 1 channel,
+            # for which both layouts are the same memory). In place: parameters keep identity.
+            self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile:
             self.net.compile()  # in place: parameter names, hence checkpoints, stay the same
 
@@ -98,14 +107,33 @@ class VAELitModule(L.LightningModule):
         terms = elbo_terms(out.logits, images, out.mu, out.logvar, self.hparams.beta)
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
-            values = {f"train/{name}": value.detach() for name, value in terms._asdict().items()}
-            self.log_dict(values, on_step=True, on_epoch=False, batch_size=len(images))
+            if self._writes_step_logs():
+                values = {f"train/{k}": value.detach() for k, value in terms._asdict().items()}
+                self.log_dict(values, on_step=True, on_epoch=False, batch_size=len(images))
             return terms.loss
         for name, value in terms._asdict().items():
             metric = self.epoch_means[f"{stage}_{name}"]
             metric.update(value.detach(), len(images))
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
         return terms.loss
+
+    def _writes_step_logs(self) -> bool:
+        """Whether Lightning writes this training step's values to the loggers.
+
+        It does so every ``trainer.log_every_n_steps`` optimizer steps (and when stopping);
+        in between, a ``self.log`` call only does Python bookkeeping (~0.3 ms per value),
+        a quarter of a CPU MLP step for our four values. Skipping it changes nothing that is
+        written; ``trainer.callback_metrics["train/*"]`` then holds the last written step.
+        """
+        trainer = self._trainer
+        if trainer is None:  # a bare call outside fit: let self.log decide what to do
+            return True
+        every = trainer.log_every_n_steps
+        return (
+            bool(trainer.fast_dev_run)
+            or trainer.should_stop
+            or (every > 0 and (self.global_step + 1) % every == 0)
+        )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
