@@ -10,7 +10,7 @@ import torch
 
 
 class EpochTimer(L.Callback):
-    """Wall-clock seconds and image count of every training epoch.
+    """Wall-clock and CPU seconds and image count of every training epoch.
 
     The clock starts before the epoch's loader iterator is built and stops after its last
     step, with CUDA synchronised at both ends, like the pure loop it is compared with.
@@ -22,8 +22,9 @@ class EpochTimer(L.Callback):
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []  # this process, all threads
         self.images: list[int] = []
-        self._count, self._start = 0, 0.0
+        self._count, self._start, self._cpu_start = 0, 0.0, 0.0
         EpochTimer.instances.append(self)
 
     @staticmethod
@@ -33,7 +34,7 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sync(pl_module)
-        self._count, self._start = 0, time.perf_counter()
+        self._count, self._start, self._cpu_start = 0, time.perf_counter(), time.process_time()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
@@ -43,4 +44,5 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sync(pl_module)
         self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu_start)
         self.images.append(self._count)

@@ -1,21 +1,25 @@
 """Training throughput: how much does the framework cost over a bare PyTorch loop?
 
 Three ways to train the same VAE on Fashion-MNIST (55 000 training images, dynamically
-binarized, Adam, gradient norm clipped at 30, as in the default config):
+binarized, Adam lr 1e-3, gradient norm clipped at 30, as in the default config):
 
   a  a minimal pure PyTorch loop over a preloaded uint8 tensor (the floor);
-  b  ``vae_lightning.train.train(cfg)`` with the default config: Lightning, TensorBoard
-     logging and the progress bar on, validation and test off (``data.loader=tensor``);
+  b  ``vae_lightning.train.train(cfg)`` with the default config: Lightning, every default
+     callback, TensorBoard logging and the progress bar on; validation and test off
+     (``data.loader=tensor``; on a GPU the data then lives in GPU memory);
   c  the same as b with ``data.loader=torch``: a torchvision-style per-sample Dataset and a
-     DataLoader.
+     DataLoader (``--workers`` sets its ``num_workers``, default 0 as in the config).
 
-Each case runs in its own subprocess, so peak RSS and compile caches are its own. Reported
-seconds/epoch are the median over epochs after the first (which pays for warm-up: compile,
-cudnn autotuning, allocator growth); with one epoch, that epoch. Ratios b/a and c/b are of
-seconds/epoch: 1.05 means 5 % slower.
+Each case runs in its own subprocess (peak RSS and compile caches are its own) with the same
+glibc malloc thresholds (``--malloc``, see FIXED_MALLOC). s/epoch is the median wall time
+over the epochs after the first (which pays for warm-up: compile, cudnn autotuning); CPU
+s/epoch is the process's CPU time, a steadier figure on a shared machine when run with
+``--threads 1``. Ratios b/a and c/b are of s/epoch: 1.05 means 5 % slower. On a GPU, b and c
+use ``trainer=gpu`` with ``trainer.precision`` from ``--precision`` (32-true unless given;
+pass bf16-mixed to measure trainer=gpu as shipped) and a uses the matching autocast.
 
-Full run (quiet machine):
-    PYTHONPATH=src python benchmarks/throughput.py --epochs 4 --markdown
+Full run (quiet machine; about 15 min on 2 CPU cores):
+    PYTHONPATH=src python benchmarks/throughput.py --markdown
 Smoke run:
     PYTHONPATH=src python benchmarks/throughput.py --models mlp --batch-sizes 128 \\
         --epochs 2 --limit-batches 5
@@ -44,6 +48,11 @@ CONF_DIR = PROJECT_ROOT / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 VAL_SIZE = 5000  # data.val_size of the default config: the training set has 60 000 - 5000
 RESULT_PREFIX = "THROUGHPUT_RESULT "
+# glibc malloc returns big freed blocks to the OS and maps them afresh (page faults, zeroing)
+# unless its thresholds have grown; vae-train grows them by accident (it frees 30 MB+ tensors
+# in setup), a bare loop does not, which alone made the pure loop ~10 % slower on the conv
+# model. The same fixed thresholds for every case make the comparison about the loops.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**28)}
 PATHS = {
     "a": "pure PyTorch loop",
     "b": "vae-train (Lightning, loader=tensor)",
@@ -95,29 +104,35 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
     generator = torch.Generator().manual_seed(args.seed)
 
-    seconds, counts = [], []
+    def train_step(index: torch.Tensor) -> None:
+        # A function, like Lightning's closure: the step's tensors are freed when it returns
+        # instead of living on into the next step (which changes CPU allocator behaviour).
+        x = torch.bernoulli(images[index].float().div_(255))
+        with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(x)
+            loss = elbo_terms(out.logits, x, out.mu, out.logvar, beta=1.0).loss
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 30.0)
+        scaler.step(optimizer)
+        scaler.update()
+
+    seconds, cpu_seconds, counts = [], [], []
     for _ in range(args.epochs):
         synchronize(device)
-        start, count = time.perf_counter(), 0
+        start, cpu_start, count = time.perf_counter(), time.process_time(), 0
         order = torch.randperm(len(images), generator=generator).to(device)
         for step, index in enumerate(order.split(args.batch_size)):
             if args.limit_batches and step == args.limit_batches:
                 break
-            x = torch.bernoulli(images[index].float().div_(255))
-            with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-                out = model(x)
-                loss = elbo_terms(out.logits, x, out.mu, out.logvar, beta=1.0).loss
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 30.0)
-            scaler.step(optimizer)
-            scaler.update()
+            train_step(index)
             count += len(index)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
         counts.append(count)
-    return {"seconds": seconds, "images": counts}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "images": counts}
 
 
 # --------------------------------------------------------------------------- paths b, c
@@ -156,6 +171,7 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
         overrides.append("++model.channels_last=true")
     if args.limit_batches:
         overrides.append(f"+trainer.limit_train_batches={args.limit_batches}")
+    overrides += args.override
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
@@ -163,11 +179,13 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
             del cfg["hydra"]
         train(cfg)
     (timer,) = EpochTimer.instances
-    return {"seconds": timer.seconds, "images": timer.images}
+    return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "images": timer.images}
 
 
 def worker(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as conf/trainer/gpu.yaml sets for b and c
         torch.cuda.reset_peak_memory_stats(device)
@@ -201,11 +219,15 @@ def run_case(args: argparse.Namespace, path: str, model: str, batch_size: int) -
         f"--data-root={args.data_root}",
         f"--val-size={args.val_size}",
         f"--workers={args.workers}",
+        f"--threads={args.threads}",
         f"--seed={args.seed}",
         *(["--compile"] if args.compile else []),
         *(["--channels-last"] if args.channels_last else []),
+        *(f"--override={override}" for override in args.override),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), *sys.path])}
+    if args.malloc == "fixed":
+        env.update(FIXED_MALLOC)
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -214,43 +236,31 @@ def run_case(args: argparse.Namespace, path: str, model: str, batch_size: int) -
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
-def steady_seconds(result: dict[str, Any]) -> tuple[float, int]:
-    """Median seconds/epoch over epochs after the first, and images per such epoch."""
-    seconds, images = result["seconds"], result["images"]
-    if len(seconds) > 1:
-        seconds, images = seconds[1:], images[1:]
-    return statistics.median(seconds), images[-1]
+def steady(result: dict[str, Any], key: str = "seconds") -> float:
+    """Median of ``result[key]`` (seconds per epoch) over the epochs after the first."""
+    values = result[key]
+    return statistics.median(values[1:] if len(values) > 1 else values)
 
 
 def format_table(results: list[dict[str, Any]], cuda: bool) -> str:
-    header = [
-        "model",
-        "batch",
-        "path",
-        "s/epoch",
-        "1st epoch s",
-        "images/s",
-        "ratio",
-        "peak RSS MB",
-    ]
-    if cuda:
-        header.append("GPU max alloc MB")
+    header = ["model", "batch", "path", "s/epoch", "CPU s/epoch", "1st epoch s", "images/s"]
+    header += ["ratio (CPU)", "peak RSS MB"] + (["GPU max alloc MB"] if cuda else [])
     rows = [header, ["---"] * len(header)]
     by_case = {(r["model"], r["batch_size"], r["path"]): r for r in results}
     for r in results:
-        secs, images = steady_seconds(r)
         ratio = ""
-        ref = {"b": "a", "c": "b"}.get(r["path"])
-        if ref and (r["model"], r["batch_size"], ref) in by_case:
-            ref_secs, _ = steady_seconds(by_case[(r["model"], r["batch_size"], ref)])
-            ratio = f"{r['path']}/{ref} = {secs / ref_secs:.2f}"
+        ref = by_case.get((r["model"], r["batch_size"], {"b": "a", "c": "b"}.get(r["path"])))
+        if ref is not None:
+            wall, cpu = (steady(r, k) / steady(ref, k) for k in ("seconds", "cpu_seconds"))
+            ratio = f"{r['path']}/{ref['path']} = {wall:.2f} ({cpu:.2f})"
         row = [
             r["model"],
             str(r["batch_size"]),
             f"{r['path']}: {PATHS[r['path']]}",
-            f"{secs:.3f}",
+            f"{steady(r):.3f}",
+            f"{steady(r, 'cpu_seconds'):.3f}",
             f"{r['seconds'][0]:.3f}",
-            f"{images / secs:,.0f}",
+            f"{r['images'][-1] / steady(r):,.0f}",
             ratio,
             f"{r['peak_rss_mb']:.0f}",
         ]
@@ -296,6 +306,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--channels-last", action="store_true", help="model.channels_last=true everywhere"
     )
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers for path c")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra Hydra override for b and c, repeatable (e.g. --override=~callbacks.nan_guard)",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=["fixed", "default"],
+        default="fixed",
+        help="glibc malloc thresholds of the worker processes (see FIXED_MALLOC)",
+    )
     parser.add_argument("--data-root", type=Path, default=FASHION_MNIST)
     parser.add_argument("--val-size", type=int, default=VAL_SIZE)
     parser.add_argument("--seed", type=int, default=12345)
@@ -327,10 +352,10 @@ def main(argv: list[str] | None = None) -> None:
         for batch_size in args.batch_sizes:
             for path in args.paths:
                 result = run_case(args, path, model, batch_size)
-                secs, images = steady_seconds(result)
+                secs = steady(result)
                 print(
                     f"{model:4} batch {batch_size:5} {path}: {secs:7.3f} s/epoch "
-                    f"{images / secs:10,.0f} images/s  (epochs: "
+                    f"{result['images'][-1] / secs:10,.0f} images/s  (epochs: "
                     + " ".join(f"{s:.3f}" for s in result["seconds"])
                     + f")  peak RSS {result['peak_rss_mb']:.0f} MB",
                     flush=True,

@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vae_lightning.callbacks import NonFiniteLossError
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models.losses import elbo_terms
 from vae_lightning.train import instantiate_named, train
@@ -165,3 +166,20 @@ def test_training_logs_only_on_written_steps_yet_writes_the_same_events(compose_
     every = train_step_events(compose_train([*base, f"paths.output_dir={tmp_path / 'b'}"]), True)
     assert [step for step, _ in gated] == [2, 5]  # 2 epochs of 4 batches, every 3rd step
     assert gated == every
+
+
+def test_nan_guard_names_the_culprit_term_on_a_step_that_is_not_logged(compose_train):
+    """Training logs every 50th step only; the guard still reports this step's terms."""
+    cfg = compose_train(
+        [
+            *QUIET,
+            "debug=fast",
+            "trainer.log_every_n_steps=50",
+            "+callbacks.nan_batch._target_=fault_injection.NaNBatches",
+            "+callbacks.nan_batch.start=2",
+        ]
+    )
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg)
+    assert "at step 2" in str(info.value)
+    assert "train/rec=nan" in str(info.value) and "train/kl=nan" in str(info.value)
