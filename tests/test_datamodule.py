@@ -8,7 +8,7 @@ import torch
 from conftest import FASHION_MNIST, SHARED_MNIST, write_dataset
 
 from vae_lightning.data import DataFileError, MNISTDataModule
-from vae_lightning.data.datamodule import binarize_with_seed, prepare_images
+from vae_lightning.data.datamodule import binarize_with_seed, prepare_images, storage_device
 
 
 def setup_module_on(root, **kwargs):
@@ -160,3 +160,61 @@ def test_real_fashion_mnist_found_in_debian_folder(tmp_path):
     dm.setup("fit")
     assert len(dm.splits["train"][0]) == 55_000 and len(dm.splits["test"][0]) == 10_000
     assert torch.bincount(dm.splits["test"][1]).tolist() == [1000] * 10
+
+
+def image_rows(images: torch.Tensor) -> list[bytes]:
+    """Each image as bytes, sorted: equal lists mean equal multisets of images."""
+    return sorted(image.numpy().tobytes() for image in images)
+
+
+def epoch_of(loader, epoch: int) -> torch.Tensor:
+    loader.sampler.set_epoch(epoch)
+    return torch.cat([images for images, _ in loader])
+
+
+def test_tensor_loader_epochs_hold_the_split_in_seeded_orders(idx_root):
+    dm = setup_module_on(idx_root, batch_size=64, seed=3)
+    loader = dm.train_dataloader()
+    first, second = epoch_of(loader, 0), epoch_of(loader, 1)
+    assert image_rows(first) == image_rows(second) == image_rows(dm.splits["train"][0])
+    assert not torch.equal(first, second)
+    same_seed = setup_module_on(idx_root, batch_size=64, seed=3).train_dataloader()
+    assert torch.equal(epoch_of(same_seed, 1), second)
+    other_seed = setup_module_on(idx_root, batch_size=64, seed=4).train_dataloader()
+    assert not torch.equal(epoch_of(other_seed, 1), second)
+
+
+def test_tensor_and_torch_loaders_yield_identical_batches(idx_root):
+    """Unshuffled, the in-memory path and the Dataset + DataLoader path agree exactly."""
+    tensor = setup_module_on(idx_root, loader="tensor", eval_batch_size=30)
+    torch_path = setup_module_on(idx_root, loader="torch", eval_batch_size=30)
+    pairs = list(zip(tensor.val_dataloader(), torch_path.val_dataloader(), strict=True))
+    assert len(pairs) == 4  # 100 images in batches of 30
+    for (images, labels), (ref_images, ref_labels) in pairs:
+        assert images.dtype == ref_images.dtype == torch.uint8
+        assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
+    # Shuffled training epochs differ in order but hold the same images.
+    shuffled = torch.cat([images for images, _ in torch_path.train_dataloader()])
+    assert image_rows(shuffled) == image_rows(epoch_of(tensor.train_dataloader(), 0))
+
+
+@pytest.mark.parametrize(
+    ("root_device", "loader", "expected"),
+    [
+        ("cpu", "tensor", "cpu"),
+        ("cuda:0", "tensor", "cuda:0"),
+        ("cuda:1", "tensor", "cuda:1"),  # DDP rank on the second GPU keeps its own copy
+        ("cuda:0", "torch", "cpu"),  # PIL images are built from host memory
+        ("mps", "tensor", "cpu"),
+    ],
+)
+def test_storage_device_follows_the_training_gpu_for_the_tensor_loader(
+    root_device, loader, expected
+):
+    assert storage_device(torch.device(root_device), loader) == torch.device(expected)
+
+
+def test_without_a_trainer_splits_stay_in_host_memory(idx_root):
+    dm = setup_module_on(idx_root)
+    assert dm.training_device == torch.device("cpu")
+    assert all(images.device.type == "cpu" for images, _ in dm.splits.values())

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
 
@@ -95,3 +96,30 @@ def test_state_dict_resumes_mid_epoch_with_the_same_permutation():
     assert all(torch.equal(a, b) for a, b in zip(rest, full_epoch[4:], strict=True))
     # Only that pass is shortened; the next epoch is whole again.
     assert len(list(resumed)) == len(full_epoch)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize(("size", "replicas"), [(103, 2), (100, 4), (7, 3)])
+def test_shards_are_exactly_distributed_samplers(size, replicas, shuffle):
+    """Same permutation, padding and striding as torch's DistributedSampler, every epoch."""
+    for rank in range(replicas):
+        ours = ShardedPermutation(size, shuffle=shuffle, seed=5, num_replicas=replicas, rank=rank)
+        theirs = DistributedSampler(
+            range(size), num_replicas=replicas, rank=rank, shuffle=shuffle, seed=5
+        )
+        for epoch in (0, 3):
+            ours.set_epoch(epoch)
+            theirs.set_epoch(epoch)
+            assert ours.indices().tolist() == list(theirs)
+            assert len(ours) == len(theirs)
+
+
+def test_two_ranks_stay_disjoint_every_epoch_and_change_order():
+    ranks = [make_loader(size=100, num_replicas=2, rank=r) for r in (0, 1)]
+    previous = None
+    for epoch in range(3):
+        parts = [epoch_images(loader, epoch) for loader in ranks]
+        assert not set(parts[0].tolist()) & set(parts[1].tolist())  # 100 divides evenly
+        assert sorted(torch.cat(parts).tolist()) == list(range(100))
+        assert previous is None or not torch.equal(parts[0], previous)
+        previous = parts[0]

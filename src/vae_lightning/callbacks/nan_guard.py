@@ -73,7 +73,7 @@ class NonFiniteLossGuard(L.Callback):
         where = (
             f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx})"
         )
-        terms = self._describe_terms(trainer)
+        terms = self._describe_terms(trainer, pl_module)
         self._consecutive += 1
         if self.policy == "skip" and self._consecutive <= self.max_consecutive_skips:
             optimizer.zero_grad(set_to_none=True)
@@ -104,12 +104,14 @@ class NonFiniteLossGuard(L.Callback):
         )
 
     @staticmethod
-    def _describe_terms(trainer: L.Trainer) -> str:
-        """The ``train/*`` values logged for this step, non-finite ones first: e.g. which of
-        rec and kl blew up."""
+    def _describe_terms(trainer: L.Trainer, pl_module: L.LightningModule) -> str:
+        """The ``train/*`` values of this step, non-finite ones first: e.g. which of rec and
+        kl blew up. VAELitModule keeps them in ``last_train_values`` on every step, also
+        those it does not log (it logs every ``log_every_n_steps``)."""
+        latest = getattr(pl_module, "last_train_values", None) or trainer.callback_metrics
         values = {
             name: float(value)
-            for name, value in trainer.callback_metrics.items()
+            for name, value in latest.items()
             if name.startswith("train/") and isinstance(value, Tensor) and value.numel() == 1
         }
         bad = {name: v for name, v in values.items() if not torch.isfinite(torch.tensor(v))}

@@ -1,0 +1,375 @@
+"""Training throughput: how much does the framework cost over a bare PyTorch loop?
+
+Three ways to train the same VAE on Fashion-MNIST (55 000 training images, dynamically
+binarized, Adam lr 1e-3, gradient norm clipped at 30, as in the default config):
+
+  a  a minimal pure PyTorch loop over a preloaded uint8 tensor (the floor);
+  b  ``vae_lightning.train.train(cfg)`` with the default config: Lightning, every default
+     callback, TensorBoard logging and the progress bar on; validation and test off
+     (``data.loader=tensor``; on a GPU the data then lives in GPU memory);
+  c  the same as b with ``data.loader=torch``: a torchvision-style per-sample Dataset and a
+     DataLoader (``--workers`` sets its ``num_workers``, default 0 as in the config).
+
+Each case runs in its own subprocess (peak RSS and compile caches are its own) with the same
+glibc malloc thresholds (``--malloc``, see FIXED_MALLOC). s/epoch is the median wall time
+over the epochs after the first (which pays for warm-up: compile, cudnn autotuning); CPU
+s/epoch is the process's CPU time, a steadier figure on a shared machine when run with
+``--threads 1``. Ratios b/a and c/b are of s/epoch: 1.05 means 5 % slower. On a GPU, b and c
+use ``trainer=gpu`` with ``trainer.precision`` from ``--precision`` (32-true unless given;
+pass bf16-mixed to measure trainer=gpu as shipped) and a uses the matching autocast.
+
+Full run (quiet machine; about 15 min on 2 CPU cores):
+    PYTHONPATH=src python benchmarks/throughput.py --markdown
+Smoke run:
+    PYTHONPATH=src python benchmarks/throughput.py --models mlp --batch-sizes 128 \\
+        --epochs 2 --limit-batches 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+VAL_SIZE = 5000  # data.val_size of the default config: the training set has 60 000 - 5000
+RESULT_PREFIX = "THROUGHPUT_RESULT "
+# glibc malloc returns big freed blocks to the OS and maps them afresh (page faults, zeroing)
+# unless its thresholds have grown; vae-train grows them by accident (it frees 30 MB+ tensors
+# in setup), a bare loop does not, which alone made the pure loop ~10 % slower on the conv
+# model. The same fixed thresholds for every case make the comparison about the loops.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**28)}
+PATHS = {
+    "a": "pure PyTorch loop",
+    "b": "vae-train (Lightning, loader=tensor)",
+    "c": "vae-train, loader=torch (Dataset+DataLoader)",
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch.")
+    return torch.device(name)
+
+
+def read_train_images(root: Path) -> torch.Tensor:
+    """The training images as uint8 (N, 1, 28, 28), read without the project's data module."""
+    with gzip.open(root / "train-images-idx3-ubyte.gz") as handle:
+        raw = handle.read()
+    count, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
+    return torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8).view(count, 1, rows, cols)
+
+
+# ------------------------------------------------------------------------------ path a
+def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    from vae_lightning.models import conv_vae, mlp_vae
+    from vae_lightning.models.losses import elbo_terms
+
+    torch.manual_seed(args.seed)
+    images = read_train_images(args.data_root)[: -args.val_size].to(device)  # stays uint8
+    build = {"mlp": lambda: mlp_vae((1, 28, 28), 20, [400]), "conv": lambda: conv_vae((1, 28, 28))}
+    model = build[args.model]().to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.compile()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def train_step(index: torch.Tensor) -> None:
+        # A function, like Lightning's closure: the step's tensors are freed when it returns
+        # instead of living on into the next step (which changes CPU allocator behaviour).
+        x = torch.bernoulli(images[index].float().div_(255))
+        with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(x)
+            loss = elbo_terms(out.logits, x, out.mu, out.logvar, beta=1.0).loss
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 30.0)
+        scaler.step(optimizer)
+        scaler.update()
+
+    seconds, cpu_seconds, counts = [], [], []
+    for _ in range(args.epochs):
+        synchronize(device)
+        start, cpu_start, count = time.perf_counter(), time.process_time(), 0
+        order = torch.randperm(len(images), generator=generator).to(device)
+        for step, index in enumerate(order.split(args.batch_size)):
+            if args.limit_batches and step == args.limit_batches:
+                break
+            train_step(index)
+            count += len(index)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
+        counts.append(count)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "images": counts}
+
+
+# --------------------------------------------------------------------------- paths b, c
+def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    from epoch_timer import EpochTimer  # benchmarks/ is on sys.path: the script's folder
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from vae_lightning.train import train
+
+    out_dir = tempfile.mkdtemp(prefix="throughput-")
+    overrides = [
+        "data=fashion_mnist",
+        f"data.root={args.data_root}",
+        "data.download=false",
+        f"data.val_size={args.val_size}",
+        f"data.batch_size={args.batch_size}",
+        f"data.loader={'torch' if args.path == 'c' else 'tensor'}",
+        f"data.num_workers={args.workers if args.path == 'c' else 0}",
+        f"model={args.model}",
+        f"model.compile={args.compile}",
+        f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"trainer.precision={args.precision}",
+        f"trainer.max_epochs={args.epochs}",
+        "+trainer.limit_val_batches=0",  # validation off: we time training epochs
+        "+trainer.num_sanity_val_steps=0",
+        "test=false",
+        f"seed={args.seed}",
+        f"paths.output_dir={out_dir}",
+        f"paths.log_dir={out_dir}",
+        f"hydra.run.dir={out_dir}",
+        "+callbacks.epoch_timer._target_=epoch_timer.EpochTimer",
+    ]
+    if args.channels_last:
+        overrides.append("++model.channels_last=true")
+    if args.limit_batches:
+        overrides.append(f"+trainer.limit_train_batches={args.limit_batches}")
+    overrides += args.override
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        train(cfg)
+    (timer,) = EpochTimer.instances
+    return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "images": timer.images}
+
+
+def worker(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as conf/trainer/gpu.yaml sets for b and c
+        torch.cuda.reset_peak_memory_stats(device)
+    result = (run_pure_pytorch if args.path == "a" else run_vae_train)(args, device)
+    result.update(
+        path=args.path,
+        model=args.model,
+        batch_size=args.batch_size,
+        device=str(device),
+        peak_rss_mb=peak_rss_mb(),
+        cuda_max_allocated_mb=(
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
+    )
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------ driver
+def run_case(args: argparse.Namespace, path: str, model: str, batch_size: int) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        f"--path={path}",
+        f"--model={model}",
+        f"--batch-size={batch_size}",
+        f"--epochs={args.epochs}",
+        f"--limit-batches={args.limit_batches}",
+        f"--device={args.device}",
+        f"--precision={args.precision}",
+        f"--data-root={args.data_root}",
+        f"--val-size={args.val_size}",
+        f"--workers={args.workers}",
+        f"--threads={args.threads}",
+        f"--seed={args.seed}",
+        *(["--compile"] if args.compile else []),
+        *(["--channels-last"] if args.channels_last else []),
+        *(f"--override={override}" for override in args.override),
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), *sys.path])}
+    if args.malloc == "fixed":
+        env.update(FIXED_MALLOC)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"case {path}/{model}/{batch_size} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def steady(result: dict[str, Any], key: str = "seconds") -> float:
+    """Median of ``result[key]`` (seconds per epoch) over the epochs after the first."""
+    values = result[key]
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def format_table(results: list[dict[str, Any]], cuda: bool) -> str:
+    header = ["model", "batch", "path", "s/epoch", "CPU s/epoch", "1st epoch s", "images/s"]
+    header += ["ratio (CPU)", "peak RSS MB"] + (["GPU max alloc MB"] if cuda else [])
+    rows = [header, ["---"] * len(header)]
+    by_case = {(r["model"], r["batch_size"], r["path"]): r for r in results}
+    for r in results:
+        ratio = ""
+        ref = by_case.get((r["model"], r["batch_size"], {"b": "a", "c": "b"}.get(r["path"])))
+        if ref is not None:
+            wall, cpu = (steady(r, k) / steady(ref, k) for k in ("seconds", "cpu_seconds"))
+            ratio = f"{r['path']}/{ref['path']} = {wall:.2f} ({cpu:.2f})"
+        row = [
+            r["model"],
+            str(r["batch_size"]),
+            f"{r['path']}: {PATHS[r['path']]}",
+            f"{steady(r):.3f}",
+            f"{steady(r, 'cpu_seconds'):.3f}",
+            f"{r['seconds'][0]:.3f}",
+            f"{r['images'][-1] / steady(r):,.0f}",
+            ratio,
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        if cuda:
+            row.append(f"{r['cuda_max_allocated_mb']:.0f}")
+        rows.append(row)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def machine_line(device: torch.device) -> str:
+    load = os.getloadavg()
+    cpu = platform.processor() or platform.machine()
+    parts = [
+        f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads",
+        f"load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+    ]
+    if device.type == "cuda":
+        parts.append(torch.cuda.get_device_name(device))
+    return "; ".join(parts)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
+    parser.add_argument("--paths", nargs="+", default=["a", "b", "c"], choices=list(PATHS))
+    parser.add_argument("--epochs", type=int, default=4, help="per case; the first is warm-up")
+    parser.add_argument(
+        "--limit-batches", type=int, default=0, help="stop each epoch after N batches (smoke)"
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed", "16-mixed"],
+        help="trainer.precision for b/c; the matching autocast for a",
+    )
+    parser.add_argument("--compile", action="store_true", help="model.compile=true everywhere")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="model.channels_last=true everywhere"
+    )
+    parser.add_argument("--workers", type=int, default=0, help="data.num_workers for path c")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra Hydra override for b and c, repeatable (e.g. --override=~callbacks.nan_guard)",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=["fixed", "default"],
+        default="fixed",
+        help="glibc malloc thresholds of the worker processes (see FIXED_MALLOC)",
+    )
+    parser.add_argument("--data-root", type=Path, default=FASHION_MNIST)
+    parser.add_argument("--val-size", type=int, default=VAL_SIZE)
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md section")
+    # One case in this process (used by the driver).
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=list(PATHS), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not (args.data_root / "train-images-idx3-ubyte.gz").is_file():
+        parser.error(
+            f"{args.data_root}/train-images-idx3-ubyte.gz not found: install Debian's "
+            "dataset-fashion-mnist or pass --data-root with the four gzipped IDX files."
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    device = resolve_device(args.device)
+    print(f"# Machine: {machine_line(device)}", flush=True)
+    results = []
+    for model in args.models:
+        for batch_size in args.batch_sizes:
+            for path in args.paths:
+                result = run_case(args, path, model, batch_size)
+                secs = steady(result)
+                print(
+                    f"{model:4} batch {batch_size:5} {path}: {secs:7.3f} s/epoch "
+                    f"{result['images'][-1] / secs:10,.0f} images/s  (epochs: "
+                    + " ".join(f"{s:.3f}" for s in result["seconds"])
+                    + f")  peak RSS {result['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+                results.append(result)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print()
+    if args.markdown:
+        print(f"Command: `{' '.join(['python', *sys.argv])}`\n")
+    print(format_table(results, cuda=device.type == "cuda"))
+    load = os.getloadavg()
+    print(f"\n# load average after the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
