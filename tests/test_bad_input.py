@@ -7,12 +7,11 @@ import gzip
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF_DIR, PROJECT_ROOT, compose_config, write_dataset, write_idx
+from conftest import CONF_DIR, compose_config, run_module, write_dataset, write_idx
 from hydra import initialize_config_dir
 
 from vae_lightning.checkpoints import CheckpointError
@@ -179,14 +178,7 @@ def test_corrupt_checkpoint_to_start_from(compose_train, reused_run_dir, tmp_pat
 
 # ----------------------------------------------------------------- the real command line
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vae_lightning.train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"PYTHONPATH": str(PROJECT_ROOT / "src"), "PATH": "/usr/bin:/bin"},
-    )
+    return run_module("vae_lightning.train", args, cwd)
 
 
 def cli_snapshot(run_dir: Path) -> dict[str, str]:

@@ -2,13 +2,12 @@
 
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import FASHION_MNIST, SHARED_MNIST, write_split
+from conftest import FASHION_MNIST, SHARED_MNIST, run_module, write_split
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -30,13 +29,7 @@ def load_events(run_dir: Path) -> EventAccumulator:
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vae_lightning.train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("vae_lightning.train", args, cwd)
 
 
 def test_vae_train_cli_end_to_end(tmp_path, idx_root):

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 # Keys every Lightning training checkpoint has; a file without them is something else.
@@ -121,3 +123,11 @@ def _others_hint(path: Path) -> str:
     if not others:
         return "."
     return f"; this folder also holds: {', '.join(others)}."
+
+
+def checkpoint_dir(trainer: Trainer) -> Path:
+    """Where the run's checkpoints go: the ModelCheckpoint's folder, else <root>/checkpoints."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+        return Path(callback.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"

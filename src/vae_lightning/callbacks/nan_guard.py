@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+
+from vae_lightning.checkpoints import checkpoint_dir
 
 NanPolicy = Literal["stop", "skip"]
 
@@ -124,9 +125,4 @@ class NonFiniteLossGuard(L.Callback):
 
     @staticmethod
     def _emergency_path(trainer: L.Trainer) -> Path:
-        callback = trainer.checkpoint_callback
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            folder = Path(callback.dirpath)
-        else:
-            folder = Path(trainer.default_root_dir) / "checkpoints"
-        return folder / f"nonfinite_step_{trainer.global_step:06d}.ckpt"
+        return checkpoint_dir(trainer) / f"nonfinite_step_{trainer.global_step:06d}.ckpt"

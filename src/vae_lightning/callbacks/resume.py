@@ -22,6 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vae_lightning.checkpoints import checkpoint_dir
+
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -191,12 +193,8 @@ class SaveOnInterrupt(L.Callback):
 
     # --------------------------------------------------------------- the stop
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
-        callback = trainer.checkpoint_callback
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            folder = Path(callback.dirpath)
-        else:
-            folder = Path(trainer.default_root_dir) / "checkpoints"
-        return folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        last = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        return checkpoint_dir(trainer) / last
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
