@@ -152,11 +152,14 @@ class VAELitModule(L.LightningModule):
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
             values = {f"train/{name}": value.detach() for name, value in terms._asdict().items()}
-            if self.objective.schedule.active:
-                # torch.full passes the float to a fill kernel: no host-device copy, no sync.
-                values["train/kl_weight"] = torch.full((), kl_weight, device=self.device)
             self.last_train_values = values  # logged or not (the NaN guard names the culprit)
             if self._writes_step_logs():
+                if self.objective.schedule.active:
+                    # torch.full hands the float to a fill kernel: no host-device copy or sync.
+                    values = {
+                        **values,
+                        "train/kl_weight": torch.full((), kl_weight, device=self.device),
+                    }
                 self.log_dict(values, on_step=True, on_epoch=False, batch_size=len(images))
             return terms.loss
         for name, value in terms._asdict().items():
