@@ -270,12 +270,12 @@ def format_table(results: list[dict[str, Any]], cuda: bool) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
-def machine_line(device: torch.device) -> str:
+def machine_line(device: torch.device, args: argparse.Namespace) -> str:
     load = os.getloadavg()
     cpu = platform.processor() or platform.machine()
     parts = [
         f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads",
+        f"{args.threads or torch.get_num_threads()} torch threads per case",
         f"load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
     ]
     if device.type == "cuda":
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         worker(args)
         return
     device = resolve_device(args.device)
-    print(f"# Machine: {machine_line(device)}", flush=True)
+    print(f"# Machine: {machine_line(device, args)}", flush=True)
     results = []
     for model in args.models:
         for batch_size in args.batch_sizes:
