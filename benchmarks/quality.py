@@ -11,6 +11,9 @@ split minus vae-train's 5000 validation images, Debian's dataset-fashion-mnist) 
   peer_binarized    the same loop on dynamically binarized images (a control: only the data
                     differs from ``peer``);
   mlp               vae-train model=mlp (784-400-20, Bernoulli, dynamically binarized);
+  mlp_as_peer       the same with the peer's initialisation and no gradient clipping
+                    (model.net.init=pytorch trainer.gradient_clip_val=null): peer_binarized
+                    inside vae-lightning;
   conv              vae-train model=conv (the reference CNN, latent 32);
   iwae5             vae-train model=mlp objective=iwae objective.k=5;
   free_bits         vae-train model=mlp objective.free_bits=0.5.
@@ -61,6 +64,7 @@ CONF_DIR = PROJECT_ROOT / "conf"
 SEED = 12345
 OUR_ROWS = {
     "mlp": ["model=mlp"],
+    "mlp_as_peer": ["model=mlp", "model.net.init=pytorch", "trainer.gradient_clip_val=null"],
     "conv": ["model=conv"],
     "iwae5": ["model=mlp", "objective=iwae", "objective.k=5"],
     "free_bits": ["model=mlp", "objective.free_bits=0.5"],

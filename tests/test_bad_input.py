@@ -75,6 +75,10 @@ CONFIG_FAULTS = {
         "data.batch_size=0 is invalid: images per training batch and device must be an integer",
     ),
     "nan_policy": (["nan_policy=sometimes"], "nan_policy='sometimes' is invalid"),
+    "init": (
+        ["model.net.init=he"],
+        "model.net.init='he' is invalid: the weight initialisation must be one of xavier, pytorch",
+    ),
     "two at once": (
         ["model.latent_dim=-3", "optimizer.lr=-1e-3"],
         "model.latent_dim=-3 is invalid",  # and the next line names optimizer.lr

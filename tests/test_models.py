@@ -48,6 +48,16 @@ def test_xavier_init_zero_bias():
     assert layer.weight.std() > bound / 3  # uniform(-b, b) has std b/sqrt(3)
 
 
+@pytest.mark.parametrize("factory", [mlp_vae, conv_vae])
+def test_pytorch_init_keeps_the_layer_defaults(factory):
+    vae = factory((1, 28, 28), init="pytorch")
+    first = vae.encoder.body[1] if factory is mlp_vae else vae.encoder.hidden[0]
+    bound = first.in_features**-0.5  # kaiming_uniform(a=sqrt(5)): uniform(+-1/sqrt(fan_in))
+    assert first.weight.abs().max() <= bound  # Xavier's bound is twice as wide here
+    assert first.weight.abs().max() > 0.9 * bound
+    assert torch.count_nonzero(first.bias) == first.out_features  # Xavier zeroes them
+
+
 def test_reparameterize_statistics():
     torch.manual_seed(0)
     mu = torch.full((200_000, 1), 1.5)

@@ -23,6 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vae_lightning.models.vae import ACTIVATIONS, WEIGHT_INITS
+
 
 class ConfigError(ValueError):
     """The composed config holds a value that cannot work; the message says which and why."""
@@ -120,6 +122,8 @@ RULES: tuple[Rule, ...] = (
     Rule("model.net.hidden_dims", PositiveInts(), "the hidden layer widths"),
     Rule("model.net.hidden_dim", POSITIVE_INT, "the hidden layer width"),
     Rule("model.net.channels", PositiveInts(min_length=1), "the conv channels"),
+    Rule("model.net.activation", OneOf(tuple(ACTIVATIONS)), "the hidden activation"),
+    Rule("model.net.init", OneOf(tuple(WEIGHT_INITS)), "the weight initialisation"),
     Rule("optimizer.lr", Number(low=0, low_open=True), "the learning rate"),
     Rule("optimizer.weight_decay", Number(low=0), "the weight decay"),
     Rule("optimizer.momentum", Number(low=0, high=1, high_open=True), "the momentum"),
