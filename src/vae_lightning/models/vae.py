@@ -60,9 +60,8 @@ def keep_pytorch_init(module: nn.Module) -> None:
     """Leave PyTorch's layer defaults (uniform +-1/sqrt(fan_in) weights and biases)."""
 
 
-# `init` of the model configs. "xavier" is the reference design's; "pytorch" is what the
-# pytorch/examples VAE uses, and trains the ReLU MLP about a nat better per image
-# (benchmarks/RESULTS.md, Quality).
+# `init` of the model configs: "xavier" is the reference design's, "pytorch" what the
+# pytorch/examples VAE uses (so the quality benchmark can match that recipe exactly).
 WEIGHT_INITS: dict[str, Callable[[nn.Module], None]] = {
     "xavier": init_xavier,
     "pytorch": keep_pytorch_init,
