@@ -26,8 +26,9 @@ the test split (vae-train's data.split_seed draw). They are comparable across al
 not a density, so not comparable with anything else; it is reported for reference only.
 
 Full run (GPU):              PYTHONPATH=src python benchmarks/quality.py --epochs 10 50
-CPU (fewer epochs, subset):  PYTHONPATH=src python benchmarks/quality.py --epochs 3 10 \\
-                                 --nll-images 1000
+CPU, NLL on 1000 images:     PYTHONPATH=src python benchmarks/quality.py --epochs 10 50 \\
+                                 --nll-images 1000 --accelerator cpu
+                             (about 2 hours on 2 cores; the conv row is half of it)
 Smoke (seconds):             PYTHONPATH=src python benchmarks/quality.py --smoke
 """
 
