@@ -76,15 +76,19 @@ def idx_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("idx"))
 
 
+def idx_data(root: Path) -> list[str]:
+    """Overrides that train on the IDX files in root (see ``write_dataset``), never downloading:
+    500 training and 100 validation images from its 600, and its 200 test images."""
+    return [f"data.root={root}", "data.download=false", "data.val_size=100"]
+
+
 def compose_config(run_dir: Path, data_root: Path, overrides: list[str] = ()) -> DictConfig:
     """Compose conf/train.yaml as `vae-train` would, writing into run_dir, on data_root.
 
     Needs an initialised Hydra (``initialize_config_dir``); sets HydraConfig like a launch.
     """
     base = [
-        f"data.root={data_root}",
-        "data.download=false",
-        "data.val_size=100",
+        *idx_data(data_root),
         f"paths.output_dir={run_dir}",
         f"paths.log_dir={run_dir}",
         f"paths.data_dir={run_dir / 'data'}",
@@ -110,16 +114,26 @@ def compose_train(tmp_path: Path, idx_root: Path) -> Iterator[Callable[..., Dict
 
 
 def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m module args`` importing this checkout's src/, whatever is installed."""
-    paths = [str(PROJECT_ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    """``python -m module args`` importing this checkout's src/, whatever is installed, and
+    tests/ (fault_injection and rank_probe are targets in some tests' configs)."""
+    paths = [
+        str(PROJECT_ROOT / "src"),
+        str(PROJECT_ROOT / "tests"),
+        *filter(None, [os.environ.get("PYTHONPATH")]),
+    ]
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
+
+
+def vae_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`vae-train ARGS` run from cwd as a user runs it (see run_module)."""
+    return run_module("vae_lightning.train", args, cwd)
 
 
 def hparams_session_groups(log_dir: Path) -> list[api_pb2.SessionGroup]:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF_DIR, compose_config, run_module, write_dataset, write_idx
+from conftest import CONF_DIR, compose_config, vae_train, write_dataset, write_idx
 from hydra import initialize_config_dir
 
 from vae_lightning.checkpoints import CheckpointError
@@ -181,10 +180,6 @@ def test_corrupt_checkpoint_to_start_from(compose_train, reused_run_dir, tmp_pat
 
 
 # ----------------------------------------------------------------- the real command line
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return run_module("vae_lightning.train", args, cwd)
-
-
 def cli_snapshot(run_dir: Path) -> dict[str, str]:
     """As snapshot(), without train.log: Hydra appends each launch's log lines to it."""
     return {name: digest for name, digest in snapshot(run_dir).items() if name != "train.log"}
@@ -210,7 +205,7 @@ def test_cli_rejects_bad_input_and_keeps_the_run_record(good_run, tmp_path, args
     run_dir = tmp_path / "run"
     shutil.copytree(good_run, run_dir)
     before = cli_snapshot(run_dir)
-    result = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = vae_train([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 1
     assert message in result.stderr
     if "transformer" in args[0]:

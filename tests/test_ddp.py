@@ -8,8 +8,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import idx_data, vae_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_sweeps import job_dirs, output, tensorboard_runs, vae_train
+from test_sweeps import job_dirs, output, tensorboard_runs
 
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.lit_module import VAELitModule
@@ -23,9 +24,7 @@ def data_args(idx_root: Path) -> list[str]:
     # 500 training images: 250 per rank, 2 batches of 128 each. 100 validation images in
     # batches of 30: rank 0 evaluates batches 0 and 2 (60 images), rank 1 batches 1 and 3.
     return [
-        f"data.root={idx_root}",
-        "data.download=false",
-        "data.val_size=100",
+        *idx_data(idx_root),
         "data.eval_batch_size=30",
         "~callbacks.progress_bar",
     ]

@@ -3,18 +3,16 @@
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR
+from conftest import CONF_DIR, idx_data, run_module, vae_train
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_sweeps import output, vae_train
+from test_sweeps import output
 
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.evaluate import EvaluationError, evaluate, evaluate_checkpoint
@@ -38,9 +36,7 @@ def trained_run(tmp_path_factory, idx_root) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     overrides = [
         "debug=fast",
-        f"data.root={idx_root}",
-        "data.download=false",
-        "data.val_size=100",
+        *idx_data(idx_root),
         "~callbacks.progress_bar",
         "~callbacks.images",
         f"paths.output_dir={run_dir}",
@@ -73,20 +69,15 @@ def test_vae_eval_cli_reproduces_the_test_metrics_logged_after_training(trained_
     """Same checkpoint, batch and k as the end-of-training test: the very same numbers."""
     ckpt = trained_run / "checkpoints" / "epoch_000.ckpt"
     eval_dir = tmp_path / "eval"
-    result = subprocess.run(
+    result = run_module(
+        "vae_lightning.evaluate",
         [
-            sys.executable,
-            "-m",
-            "vae_lightning.evaluate",
             f"ckpt_path={ckpt}",
             "eval.iwae_k=100",
             "eval.batch_size=1000",
             f"hydra.run.dir={eval_dir}",
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/nll_iwae (k=100)" in result.stdout
@@ -149,9 +140,7 @@ def test_checkpoint_outside_its_run_needs_a_data_option(
             f"ckpt_path={loose}",
             "eval.iwae_k=2",
             "data=mnist",
-            f"data.root={idx_root}",
-            "data.download=false",
-            "data.val_size=100",
+            *idx_data(idx_root),
         ]
     )
     assert report["data"]["root"] == str(idx_root) and report["num_images"] == TEST_IMAGES
@@ -184,9 +173,7 @@ def test_test_metrics_under_ddp_equal_one_process(tmp_path, idx_root):
             "trainer.devices=2",
             "debug=fast",
             "trainer.limit_test_batches=1.0",
-            f"data.root={idx_root}",
-            "data.download=false",
-            "data.val_size=100",
+            *idx_data(idx_root),
             "data.eval_batch_size=30",  # 200 test images: 7 batches dealt out to 2 ranks
             "test_iwae_k=20",
             "~callbacks.progress_bar",

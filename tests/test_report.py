@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, hparams_session_groups, run_module
+from conftest import PROJECT_ROOT, hparams_session_groups, idx_data, run_module
 from PIL import Image
 
 from vae_lightning.report import ReportError, read_events, write_report
@@ -35,9 +35,7 @@ def test_vae_report_compares_the_jobs_of_a_real_multirun(tmp_path, idx_root):
         [
             "-m",
             "debug=fast",
-            f"data.root={idx_root}",
-            "data.download=false",
-            "data.val_size=100",
+            *idx_data(idx_root),
             "model.latent_dim=2,3",
             f"hydra.sweep.dir={sweep}",
             "~callbacks.progress_bar",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, compose_config
+from conftest import PROJECT_ROOT, compose_config, idx_data
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -226,7 +226,7 @@ def test_killed_subprocess_resumes_bitwise(tmp_path, idx_root, uninterrupted):
     """SIGTERM mid-epoch: exit 143, then `resume=<run dir>` gives the uninterrupted weights
     and curves. SIGKILL (no chance to save): resume from the last epoch's checkpoint, and
     TensorBoard hides the steps the killed run logged after it."""
-    data = [f"data.root={idx_root}", "data.download=false", "data.val_size=100"]
+    data = idx_data(idx_root)
     for name, signum, step in (("sigterm", signal.SIGTERM, 13), ("sigkill", signal.SIGKILL, 14)):
         run_dir = tmp_path / name
         code, output = kill_at_step(
@@ -254,7 +254,7 @@ def test_ddp_resume_at_an_epoch_boundary_is_exact(tmp_path, idx_root):
     """Two CPU processes: one epoch, then `resume=... trainer.max_epochs=2`, equals two epochs
     in one go. Each rank gets its own RNG states back (they draw different streams)."""
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "data.batch_size=25"]
-    data = [f"data.root={idx_root}", "data.download=false", "data.val_size=100"]
+    data = idx_data(idx_root)
     args = [*SMALL_RUN, *ddp, *data]
     for name, epochs in (("whole", 2), ("halves", 1)):
         run = cli(

@@ -4,40 +4,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONF_DIR, PROJECT_ROOT
+from conftest import CONF_DIR, idx_data, vae_train
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-SRC = PROJECT_ROOT / "src"
-
-
-def vae_train(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python -m vae_lightning.train ARGS` from cwd, with this checkout's package and tests."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(PROJECT_ROOT / "tests")]))
-    return subprocess.run(
-        [sys.executable, "-m", "vae_lightning.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def tiny_job_args(idx_root: Path, sweep_dir: Path) -> list[str]:
     """One short epoch on the generated data, outputs under sweep_dir."""
     return [
         "debug=fast",
-        f"data.root={idx_root}",
-        "data.download=false",
-        "data.val_size=100",
+        *idx_data(idx_root),
         "test=false",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",

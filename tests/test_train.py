@@ -1,13 +1,12 @@
 """End to end: `vae-train` runs, writes TensorBoard events and checkpoints that load alone."""
 
 import math
-import subprocess
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import FASHION_MNIST, SHARED_MNIST, run_module, write_split
+from conftest import FASHION_MNIST, SHARED_MNIST, idx_data, vae_train, write_split
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -28,18 +27,12 @@ def load_events(run_dir: Path) -> EventAccumulator:
     return events
 
 
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return run_module("vae_lightning.train", args, cwd)
-
-
 def test_vae_train_cli_end_to_end(tmp_path, idx_root):
     run_dir = tmp_path / "run"
-    result = run_cli(
+    result = vae_train(
         [
             "debug=fast",
-            f"data.root={idx_root}",
-            "data.download=false",
-            "data.val_size=100",
+            *idx_data(idx_root),
             f"hydra.run.dir={run_dir}",
             "trainer.max_epochs=2",
         ],

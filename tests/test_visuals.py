@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, hparams_session_groups, run_module
+from conftest import CONF_DIR, hparams_session_groups, idx_data, run_module
 from google.protobuf import text_format
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -80,9 +80,7 @@ def run2(tmp_path_factory, idx_root) -> SimpleNamespace:
 def train_run(out: Path, data_root: Path, overrides: list[str]) -> SimpleNamespace:
     base = [
         "debug=fast",
-        f"data.root={data_root}",
-        "data.download=false",
-        "data.val_size=100",
+        *idx_data(data_root),
         f"paths.output_dir={out}",
         f"paths.log_dir={out}",
         f"paths.data_dir={out / 'data'}",
