@@ -40,9 +40,10 @@ def test_peer_loss_on_binary_images_is_our_negative_elbo_summed_over_the_batch()
     "(apt-get install dataset-fashion-mnist); it is not installed here",
 )
 def test_smoke_run_reports_every_row(tmp_path):
-    results = load_quality().main(["--smoke", "--accelerator", "cpu", "--out", str(tmp_path)])
+    quality = load_quality()
+    results = quality.main(["--smoke", "--accelerator", "cpu", "--out", str(tmp_path)])
     rows = {(r["row"], r["epochs"]): r for r in results["rows"]}
-    assert set(rows) == {(name, epochs) for name in load_quality().ALL_ROWS for epochs in (1, 2)}
+    assert set(rows) == {(name, epochs) for name in quality.ALL_ROWS for epochs in (1, 2)}
     for row in rows.values():
         assert math.isfinite(row["test_elbo"]) and row["test_elbo"] < 0
         # nats per binary image: above 0, below twice what a uniform p(x) = 2^-784 scores
