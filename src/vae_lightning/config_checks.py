@@ -191,11 +191,15 @@ def _check_self_checking_groups(cfg: DictConfig) -> list[str]:
         try:
             instantiate(node)
         except Exception as err:  # the group's own message says what to set
-            cause = err
-            while cause.__cause__ is not None:  # Hydra wraps it in InstantiationException
-                cause = cause.__cause__
-            problems.append(f"{group}: {cause}")
+            problems.append(f"{group}: {root_cause(err)}")
     return problems
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The error under Hydra's InstantiationException (and any other wrapping)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -325,10 +329,7 @@ def build_checked_model(
             out = model(x)
             model.train()
     except Exception as err:  # any failure to build or run is a config problem here
-        cause = err
-        while cause.__cause__ is not None:  # Hydra wraps the real error in InstantiationException
-            cause = cause.__cause__
-        raise fail(f"cannot be built for {shape_text}: {cause}") from err
+        raise fail(f"cannot be built for {shape_text}: {root_cause(err)}") from err
     logits = getattr(out, "logits", None)
     if isinstance(logits, torch.Tensor) and tuple(logits.shape) != tuple(x.shape):
         raise fail(
