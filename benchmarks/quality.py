@@ -46,10 +46,8 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 from torch import Tensor, nn
 
 from vae_lightning.data import MNISTDataModule
@@ -58,7 +56,7 @@ from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import iwae_log_likelihood
 from vae_lightning.models.likelihoods import Bernoulli
 from vae_lightning.models.losses import gaussian_kl
-from vae_lightning.train import train
+from vae_lightning.train import compose_as_launched, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -183,14 +181,6 @@ def evaluate_peer(
 
 
 # ------------------------------------------------------------------ vae-lightning rows
-def compose_train(overrides: list[str]) -> DictConfig:
-    cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def run_ours(
     name: str, args: argparse.Namespace, out_dir: Path, datamodule: MNISTDataModule
 ) -> list[dict[str, Any]]:
@@ -213,7 +203,7 @@ def run_ours(
     if args.limit_batches is not None:
         overrides.append(f"+trainer.limit_train_batches={args.limit_batches}")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose_train(overrides)
+        cfg = compose_as_launched("train", overrides)
         start = time.perf_counter()
         train(cfg)
         seconds = time.perf_counter() - start

@@ -138,11 +138,9 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
 # --------------------------------------------------------------------------- paths b, c
 def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from epoch_timer import EpochTimer  # benchmarks/ is on sys.path: the script's folder
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from hydra import initialize_config_dir
 
-    from vae_lightning.train import train
+    from vae_lightning.train import compose_as_launched, train
 
     out_dir = tempfile.mkdtemp(prefix="throughput-")
     overrides = [
@@ -173,11 +171,7 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
         overrides.append(f"+trainer.limit_train_batches={args.limit_batches}")
     overrides += args.override
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        train(cfg)
+        train(compose_as_launched("train", overrides))
     (timer,) = EpochTimer.instances
     return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "images": timer.images}
 

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from tensorboard import context as tb_context
 from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+from vae_lightning.train import compose_as_launched
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -94,11 +95,7 @@ def compose_config(run_dir: Path, data_root: Path, overrides: list[str] = ()) ->
         f"paths.data_dir={run_dir / 'data'}",
         f"hydra.run.dir={run_dir}",
     ]
-    cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_as_launched("train", [*base, *overrides])
 
 
 @pytest.fixture

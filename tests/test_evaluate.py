@@ -7,27 +7,16 @@ from pathlib import Path
 
 import pytest
 from conftest import CONF_DIR, idx_data, run_module, vae_train
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_sweeps import output
 
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.evaluate import EvaluationError, evaluate, evaluate_checkpoint
-from vae_lightning.train import train
+from vae_lightning.train import compose_as_launched, train
 
 TEST_IMAGES = 200  # in the generated test split (conftest.write_dataset)
-
-
-def compose_with_hydra(config_name: str, overrides: list[str]):
-    """Compose as the entry point would and make ${hydra:...} and HydraConfig.get() work."""
-    cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,7 @@ def trained_run(tmp_path_factory, idx_root) -> Path:
         f"hydra.run.dir={run_dir}",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        train(compose_with_hydra("train", overrides))  # writes .hydra/ as vae-train does
+        train(compose_as_launched("train", overrides))  # writes .hydra/ as vae-train does
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     GlobalHydra.instance().clear()
     return run_dir
@@ -58,7 +47,7 @@ def evaluate_in_process(tmp_path):
             f"paths.log_dir={tmp_path}",
             "eval.progress_bar=false",
         ]
-        return evaluate(compose_with_hydra("eval", [*base, *overrides]))
+        return evaluate(compose_as_launched("eval", [*base, *overrides]))
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         yield _evaluate

@@ -20,11 +20,10 @@ import pytest
 import torch
 from conftest import CONF_DIR, hparams_session_groups, idx_data, run_module
 from google.protobuf import text_format
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from hydra import initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
@@ -41,7 +40,7 @@ from vae_lightning.callbacks.base import is_due
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models.diagnostics import active_units, kl_per_dimension
 from vae_lightning.report import write_report
-from vae_lightning.train import train
+from vae_lightning.train import compose_as_launched, train
 
 TILE = 30  # make_grid: 28-pixel images with 2 pixels of padding
 
@@ -88,10 +87,7 @@ def train_run(out: Path, data_root: Path, overrides: list[str]) -> SimpleNamespa
         "~callbacks.progress_bar",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*base, *overrides], return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
+        cfg = compose_as_launched("train", [*base, *overrides])
         metrics = train(cfg)
     return SimpleNamespace(dir=out, cfg=cfg, metrics=metrics, events=load_events(out))
 
