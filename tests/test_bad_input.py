@@ -208,6 +208,7 @@ def test_cli_rejects_bad_input_and_keeps_the_run_record(good_run, tmp_path, args
     result = vae_train([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 1
     assert message in result.stderr
+    assert "Traceback" not in result.stderr  # the message alone, not buried under a stack
     if "transformer" in args[0]:
         assert "Available options" in result.stderr and "conv" in result.stderr
     assert cli_snapshot(run_dir) == before
