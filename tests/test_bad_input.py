@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF_DIR, compose_config, vae_train, write_dataset, write_idx
 from hydra import initialize_config_dir
 
+from helpers.data import write_dataset, write_idx
+from helpers.paths import CONF_DIR
+from helpers.runs import compose_config, vae_train
 from vae_lightning.checkpoints import CheckpointError
 from vae_lightning.config_checks import ConfigError, available_devices
 from vae_lightning.data import DataFileError

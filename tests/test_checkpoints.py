@@ -11,9 +11,9 @@ import time
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT
 from hydra.utils import instantiate
 
+from helpers.paths import PROJECT_ROOT
 from vae_lightning.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,

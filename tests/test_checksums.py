@@ -4,8 +4,9 @@ dataset's file is recognised anywhere; your own files under the official names s
 import shutil
 
 import pytest
-from conftest import FASHION_MNIST, SHARED_MNIST, write_dataset
 
+from helpers.data import write_dataset
+from helpers.paths import FASHION_MNIST, SHARED_MNIST
 from vae_lightning.data import DataFileError, MNISTDataModule
 from vae_lightning.data.checksums import known_md5, verify_checksum
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import CONF_DIR
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from helpers.paths import CONF_DIR
 from vae_lightning.config_checks import ConfigError, check_config
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.lit_module import VAELitModule

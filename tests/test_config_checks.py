@@ -1,8 +1,8 @@
 """The config check accepts every shipped option and parses device requests as Lightning does."""
 
 import pytest
-from conftest import CONF_DIR
 
+from helpers.paths import CONF_DIR
 from vae_lightning.config_checks import ConfigError, check_config, requested_devices
 
 

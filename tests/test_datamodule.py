@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import FASHION_MNIST, SHARED_MNIST, write_dataset
 
+from helpers.data import write_dataset
+from helpers.paths import FASHION_MNIST, SHARED_MNIST
 from vae_lightning.data import DataFileError, MNISTDataModule
 from vae_lightning.data.datamodule import binarize_with_seed, prepare_images, storage_device
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import idx_data, vae_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_sweeps import job_dirs, output, tensorboard_runs
 
+from helpers.data import idx_data
+from helpers.runs import vae_train
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models.diagnostics import active_units

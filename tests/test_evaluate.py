@@ -6,17 +6,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, idx_data, run_module, vae_train
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_sweeps import output
 
+from helpers.data import idx_data
+from helpers.paths import CONF_DIR
+from helpers.runs import run_module, vae_train
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.evaluate import EvaluationError, evaluate, evaluate_checkpoint
 from vae_lightning.train import compose_as_launched, train
 
-TEST_IMAGES = 200  # in the generated test split (conftest.write_dataset)
+TEST_IMAGES = 200  # in the generated test split (helpers.data.write_dataset)
 
 
 @pytest.fixture(scope="module")

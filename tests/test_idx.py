@@ -5,8 +5,8 @@ import gzip
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
 
+from helpers.data import write_idx
 from vae_lightning.data.idx import DataFileError, read_idx, read_image_label_pair
 
 

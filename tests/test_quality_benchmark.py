@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from conftest import FASHION_MNIST, PROJECT_ROOT
 
+from helpers.paths import FASHION_MNIST, PROJECT_ROOT
 from vae_lightning.models.losses import elbo_terms
 
 

@@ -6,9 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, hparams_session_groups, idx_data, run_module
 from PIL import Image
 
+from helpers.data import idx_data
+from helpers.events import hparams_session_groups
+from helpers.paths import PROJECT_ROOT
+from helpers.runs import run_module
 from vae_lightning.report import ReportError, read_events, write_report
 
 

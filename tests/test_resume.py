@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, compose_config, idx_data
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers.data import idx_data
+from helpers.paths import PROJECT_ROOT
+from helpers.runs import compose_config
 from vae_lightning.checkpoints import atomic_torch_save
 from vae_lightning.run_dir import ResumeError, expand_resume, quote
 from vae_lightning.train import train
@@ -65,8 +67,9 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, idx_root: Path) -> Path:
-    from conftest import CONF_DIR
     from hydra import initialize_config_dir
+
+    from helpers.paths import CONF_DIR
 
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

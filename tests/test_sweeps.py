@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONF_DIR, idx_data, vae_train
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from helpers.data import idx_data
+from helpers.paths import CONF_DIR
+from helpers.runs import vae_train
 
 
 def tiny_job_args(idx_root: Path, sweep_dir: Path) -> list[str]:

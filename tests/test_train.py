@@ -6,10 +6,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import FASHION_MNIST, SHARED_MNIST, idx_data, vae_train, write_split
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers.data import idx_data, write_split
+from helpers.paths import FASHION_MNIST, SHARED_MNIST
+from helpers.runs import vae_train
 from vae_lightning.data.idx import read_idx
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.train import train

@@ -18,7 +18,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, hparams_session_groups, idx_data, run_module
 from google.protobuf import text_format
 from hydra import initialize_config_dir
 from hydra.utils import instantiate
@@ -30,6 +29,10 @@ from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.data import idx_data
+from helpers.events import hparams_session_groups
+from helpers.paths import CONF_DIR
+from helpers.runs import run_module
 from vae_lightning.callbacks import (
     LatentInterpolations,
     LatentManifold,

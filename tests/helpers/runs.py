@@ -1,0 +1,52 @@
+"""Running the entry points as a user does: composed in-process, or as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from helpers.data import idx_data
+from helpers.paths import PROJECT_ROOT
+from vae_lightning.train import compose_as_launched
+
+
+def compose_config(run_dir: Path, data_root: Path, overrides: list[str] = ()) -> DictConfig:
+    """Compose conf/train.yaml as `vae-train` would, writing into run_dir, on data_root.
+
+    Needs an initialised Hydra (``initialize_config_dir``); sets HydraConfig like a launch.
+    """
+    base = [
+        *idx_data(data_root),
+        f"paths.output_dir={run_dir}",
+        f"paths.log_dir={run_dir}",
+        f"paths.data_dir={run_dir / 'data'}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    return compose_as_launched("train", [*base, *overrides])
+
+
+def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m module args`` importing this checkout's src/, whatever is installed, and
+    tests/ (fault_injection and rank_probe are targets in some tests' configs)."""
+    paths = [
+        str(PROJECT_ROOT / "src"),
+        str(PROJECT_ROOT / "tests"),
+        *filter(None, [os.environ.get("PYTHONPATH")]),
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def vae_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`vae-train ARGS` run from cwd as a user runs it (see run_module)."""
+    return run_module("vae_lightning.train", args, cwd)
