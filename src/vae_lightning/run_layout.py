@@ -1,0 +1,92 @@
+"""The layout of a run directory: every file name that vae-train writes and others read.
+
+train, eval, report, resume and the callbacks all find files through :class:`RunLayout`, so
+a name is spelled once. A run dir is self-contained: paths are derived from its root, so a
+run dir that was moved or copied (scratch to home) still finds its own files.
+
+    <run dir>/
+      .hydra/config.yaml  hydra.yaml  overrides.yaml   the run record (run_dir.save_run_record)
+      checkpoints/last.ckpt  epoch_XXX.ckpt           ModelCheckpoint's files
+      tensorboard/[<sweep job name>/]events.out.tfevents.*
+      report/                                         vae-report's output
+      failure.txt                                     a failed job of a sweep
+      train.log
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_DIR = ".hydra"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT_NAME = "last.ckpt"
+TENSORBOARD_DIR = "tensorboard"
+EVENT_GLOB = "events.out.tfevents.*"
+REPORT_DIR = "report"
+FAILURE_FILE = "failure.txt"
+EVAL_RESULTS = "eval.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths inside one run dir (``root``)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunLayout:
+        """The run a checkpoint belongs to: ``<run dir>/checkpoints/<name>.ckpt``; a checkpoint
+        elsewhere is taken to live in its run dir's root."""
+        folder = Path(checkpoint).parent
+        return cls(folder.parent if folder.name == CHECKPOINT_DIR else folder)
+
+    @property
+    def record_dir(self) -> Path:
+        return self.root / RECORD_DIR
+
+    @property
+    def config_file(self) -> Path:
+        """The resolved config of the run, as vae-train composed it."""
+        return self.record_dir / "config.yaml"
+
+    @property
+    def hydra_file(self) -> Path:
+        return self.record_dir / "hydra.yaml"
+
+    @property
+    def overrides_file(self) -> Path:
+        """The command-line overrides of the run (replayed by ``resume=``)."""
+        return self.record_dir / "overrides.yaml"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint_dir / LAST_CHECKPOINT_NAME
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / TENSORBOARD_DIR
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / REPORT_DIR
+
+    @property
+    def failure_file(self) -> Path:
+        return self.root / FAILURE_FILE
+
+    @property
+    def eval_results(self) -> Path:
+        return self.root / EVAL_RESULTS
+
+    def event_dirs(self) -> list[Path]:
+        """Folders under the run dir holding TensorBoard event files, report/ excluded."""
+        found = {path.parent for path in self.root.rglob(EVENT_GLOB)}
+        return sorted(d for d in found if REPORT_DIR not in d.relative_to(self.root).parts)
