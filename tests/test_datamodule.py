@@ -9,7 +9,12 @@ import torch
 from helpers.data import write_dataset
 from helpers.paths import FASHION_MNIST, SHARED_MNIST
 from vae_lightning.data import DataFileError, MNISTDataModule
-from vae_lightning.data.datamodule import binarize_with_seed, prepare_images, storage_device
+from vae_lightning.data.datamodule import (
+    binarization_seed,
+    binarize_with_seed,
+    prepare_images,
+    storage_device,
+)
 
 
 def setup_module_on(root, **kwargs):
@@ -53,6 +58,22 @@ def test_val_and_test_are_binarized_once_with_a_seed(idx_root):
     assert set(static.splits["train"][0].unique().tolist()) <= {0, 255}
     grey = setup_module_on(idx_root, binarize="none")
     assert grey.splits["val"][0].unique().numel() > 2
+
+
+def test_each_split_binarization_depends_on_that_split_only(idx_root):
+    """Validation images are the same 0/1 draw under dynamic and static binarization, and the
+    test draw does not follow split_seed (which picks the validation images, not the test's)."""
+    dynamic = setup_module_on(idx_root, binarize="dynamic")
+    static = setup_module_on(idx_root, binarize="static")
+    assert torch.equal(dynamic.splits["val"][0], static.splits["val"][0])
+    assert torch.equal(dynamic.splits["test"][0], static.splits["test"][0])
+    other_split = setup_module_on(idx_root, split_seed=7)
+    assert torch.equal(other_split.splits["test"][0], dynamic.splits["test"][0])
+    assert not torch.equal(other_split.splits["val"][0], dynamic.splits["val"][0])
+    # The draws themselves differ between splits: no two splits share a stream.
+    grey = setup_module_on(idx_root, binarize="none")
+    test_again = binarize_with_seed(grey.splits["test"][0], binarization_seed("val", 42))
+    assert not torch.equal(test_again, dynamic.splits["test"][0])
 
 
 def test_binarization_statistics():

@@ -72,6 +72,22 @@ def binarize_with_seed(images: Tensor, seed: int) -> Tensor:
     return draws.to(torch.uint8).mul_(255)
 
 
+# One stream per split for the fixed binarizations: the high 32 bits of the seed name the split.
+SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+
+
+def binarization_seed(split: str, split_seed: int) -> int:
+    """The seed of ``split``'s fixed 0/1 draw: a function of that split alone.
+
+    It does not depend on which other splits are binarized, so the validation images are the
+    same under ``binarize=dynamic`` and ``static``. The validation and (static) training draws
+    follow ``split_seed``, which also picks their images; the test split is the official one,
+    so its draw is the same for every run and test NLLs compare across split seeds.
+    """
+    own = 0 if split == "test" else split_seed
+    return SPLIT_STREAMS[split] << 32 | own
+
+
 class ImageDataset(Dataset):
     """Per-sample PIL images through a torchvision transform: the classic, flexible path."""
 
@@ -233,14 +249,12 @@ class MNISTDataModule(L.LightningDataModule):
             "test": (test_images, test_labels),
         }
         # Fixed, seeded binarization for evaluation (and for training when static).
-        fixed = {"val", "test", "train"} if self.binarize == "static" else {"val", "test"}
+        fixed = ("train", "val", "test") if self.binarize == "static" else ("val", "test")
         if self.binarize != "none":
-            for offset, name in enumerate(sorted(fixed)):
+            for name in fixed:
                 split_images, split_labels = splits[name]
-                splits[name] = (
-                    binarize_with_seed(split_images, self.split_seed + offset),
-                    split_labels,
-                )
+                seed = binarization_seed(name, self.split_seed)
+                splits[name] = (binarize_with_seed(split_images, seed), split_labels)
         return splits
 
     # ---------------------------------------------------------------- loaders
