@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -186,3 +187,42 @@ def test_test_metrics_under_ddp_equal_one_process(tmp_path, idx_root):
     for name in ("elbo", "nll_iwae", "bits_per_dim", "active_units"):
         (logged,) = events.Scalars(f"test/{name}")
         assert single[f"test/{name}"] == pytest.approx(logged.value, rel=1e-5, abs=1e-4), name
+
+
+def test_test_loss_uses_the_kl_weight_of_the_evaluated_checkpoints_step(
+    tmp_path, idx_root, compose_train
+):
+    """With a KL warm-up, test/loss = rec + beta * s(step) * kl with the step of the weights
+    tested: the best checkpoint's after training, the checkpoint's own in vae-eval (which
+    used to rebuild the trainer at step 0 and report the reconstruction term alone)."""
+    warmup, beta = 100, 2.0
+    cfg = compose_train(
+        [
+            "debug=fast",
+            "trainer.max_epochs=2",
+            f"objective.kl_warmup_steps={warmup}",
+            f"model.beta={beta}",
+            "test_iwae_k=0",
+            "report=false",
+            "~callbacks.progress_bar",
+        ]
+    )
+    metrics = train(cfg)
+    checkpoints = tmp_path / "checkpoints"
+    (best,) = checkpoints.glob("epoch_*.ckpt")  # save_top_k=1: the best by val/elbo
+    best_step = torch.load(best, weights_only=True)["global_step"]
+    assert 0 < best_step < warmup
+    weight = beta * best_step / warmup
+
+    def assert_loss_uses_weight(results: dict, prefix: str) -> None:
+        expected = results[f"{prefix}/rec"] + weight * results[f"{prefix}/kl"]
+        assert results[f"{prefix}/loss"] == pytest.approx(expected, rel=1e-5)
+
+    assert_loss_uses_weight(metrics, "test")
+    data = MNISTDataModule(root=str(idx_root), download=False, val_size=100)
+    for checkpoint in (best, checkpoints / "last.ckpt"):
+        step = torch.load(checkpoint, weights_only=True)["global_step"]
+        weight = beta * step / warmup
+        assert_loss_uses_weight(
+            evaluate_checkpoint(checkpoint, data, iwae_k=0, progress_bar=False), "test"
+        )

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
@@ -78,6 +79,7 @@ class VAELitModule(L.LightningModule):
         self.test_nll_iwae = MeanMetric()
         self.test_posterior_means = CatMetric()  # E_q[z|x] of every test image, for active units
         self.last_train_values: dict[str, Tensor] = {}  # train/* of the latest training step
+        self._checkpoint_step: int | None = None  # set when weights come from a checkpoint
 
     def forward(self, x: Tensor) -> VAEOutput:
         return self.net(x)
@@ -88,8 +90,28 @@ class VAELitModule(L.LightningModule):
 
     @property
     def kl_weight(self) -> float:
-        """beta times the objective's warm-up/cyclical schedule at the current global step."""
-        return self.hparams.beta * self.objective.schedule(self.global_step)
+        """beta times the objective's warm-up/cyclical schedule at the weights' global step.
+
+        In training (and its validation) that is the current step. When the weights were
+        loaded from a checkpoint to be tested or evaluated (``trainer.test(ckpt_path=...)``,
+        vae-eval), it is the checkpoint's step: ``*/loss`` is then the loss those weights were
+        being trained on, the same number after training and in vae-eval.
+        """
+        return self.hparams.beta * self.objective.schedule(self.weights_step)
+
+    @property
+    def weights_step(self) -> int:
+        """The optimizer step the current weights come from."""
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if self._checkpoint_step is None or fitting:
+            return self.global_step
+        return self._checkpoint_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_step = int(checkpoint.get("global_step", 0))
+
+    def on_fit_end(self) -> None:
+        self._checkpoint_step = None  # the weights are now those of the last step
 
     # Evaluation draws its z samples from a fixed seed on a forked RNG, so val/test metrics
     # depend on the weights only (a reloaded checkpoint reproduces them exactly) and the
