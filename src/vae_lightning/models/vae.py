@@ -30,8 +30,15 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.latent_dim = latent_dim
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (bf16 under precision=bf16-true)."""
+        return next(self.parameters()).dtype
+
+    # Inputs are taken in the weights' dtype: images arrive as float32 from the data module,
+    # and z is sampled in at least float32 because its log-densities sum many terms.
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.encoder(x)
+        return self.encoder(x.to(self.dtype))
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -39,7 +46,7 @@ class VAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.decoder(z)
+        return self.decoder(z.to(self.dtype))
 
     def forward(self, x: Tensor) -> VAEOutput:
         mu, logvar = self.encode(x)
