@@ -40,7 +40,7 @@ def test_conv_vae_rejects_shapes_it_cannot_decode():
 
 
 def test_xavier_init_zero_bias():
-    vae = mlp_vae((1, 28, 28))
+    vae = mlp_vae((1, 28, 28), init="xavier")
     layer = vae.encoder.body[1]
     assert torch.count_nonzero(layer.bias) == 0
     bound = (6 / (784 + 400)) ** 0.5

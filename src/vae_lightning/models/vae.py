@@ -80,7 +80,7 @@ def mlp_vae(
     latent_dim: int = 20,
     hidden_dims: Sequence[int] = (400,),
     activation: str = "relu",
-    init: str = "xavier",
+    init: str = "pytorch",
 ) -> VAE:
     """Fully connected VAE; the defaults are Kingma & Welling's 784-400-20."""
     act = ACTIVATIONS[activation]
@@ -96,7 +96,7 @@ def conv_vae(
     latent_dim: int = 32,
     channels: Sequence[int] = (16, 32, 64),
     hidden_dim: int = 256,
-    init: str = "xavier",
+    init: str = "pytorch",
 ) -> VAE:
     """The reference convolutional VAE: conv 16/32/64, BatchNorm, ELU, 256 hidden units."""
     encoder = ConvEncoder(image_shape, channels, hidden_dim, latent_dim)
