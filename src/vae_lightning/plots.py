@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 DPI = 100
 TRAIN_COLOUR, VAL_COLOUR = "tab:blue", "tab:orange"
 CLASS_COLOURS = "tab10"
+MARKERS_BELOW = 30  # points per curve under which each point is marked
 
 # One curve: (steps, values).
 Series = tuple[Sequence[float], Sequence[float]]
@@ -99,7 +100,16 @@ def loss_curves(
             weight = max(0.0, 1.0 - points_per_span / max(len(values), 1))
             if weight > 0:
                 axes.plot(steps, values, color=TRAIN_COLOUR, alpha=0.25, linewidth=0.8)
-            axes.plot(steps, smooth(values, weight), color=TRAIN_COLOUR, label="train")
+            # A line needs two points: a short run (one logged step) shows as markers.
+            marker = "o" if len(values) < MARKERS_BELOW else None
+            axes.plot(
+                steps,
+                smooth(values, weight),
+                color=TRAIN_COLOUR,
+                marker=marker,
+                markersize=3,
+                label="train",
+            )
         if term in val:
             steps, values = val[term]
             axes.plot(steps, values, color=VAL_COLOUR, marker="o", markersize=3, label="val")
