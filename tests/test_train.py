@@ -47,6 +47,7 @@ def test_vae_train_cli_end_to_end(tmp_path, idx_root):
     events = load_events(run_dir)
     scalars = set(events.Tags()["scalars"])
     assert scalars >= SCALAR_TAGS
+    assert "epoch" not in scalars  # Lightning's automatic epoch card is left out
     assert {"test/elbo", "test/rec", "test/kl", "test/loss"} <= scalars
     assert {"test/nll_iwae", "test/bits_per_dim", "test/active_units"} <= scalars
     (elbo,), (nll,) = events.Scalars("test/elbo"), events.Scalars("test/nll_iwae")

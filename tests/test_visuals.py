@@ -235,9 +235,10 @@ def test_hparams_tab_lists_the_flattened_config_with_the_final_metrics(run5):
     excluded = ("paths", "callbacks", "logger", "hydra", "data.root", "trainer.default_root")
     assert not [name for name in hparams if name.startswith(excluded)]
     assert "model._recursive_" not in hparams
+    assert not [name for name in hparams if name.endswith("_target_")]
 
     values = {metric.name.tag: metric.value for metric in group.metric_values}
-    assert set(values) == {"val/elbo", "val/kl", "val/active_units", "test/elbo", "test/nll_iwae"}
+    assert set(values) == {"val/elbo", "val/kl", "val/active_units"}  # no test metric
     for name, value in values.items():
         assert value == pytest.approx(run5.metrics[name], rel=1e-6), name
     # The final values were not logged a second time at a later step.
@@ -305,18 +306,17 @@ def test_report_of_a_multirun_folder_compares_its_jobs(run5, run2, tmp_path):
     assert "Overrides shared by every job: `debug=fast`" in text
     assert f"| 0 | `model.latent_dim=5` | {run5.metrics['val/elbo']:.2f} |" in text
     assert f"| 1 | `model.latent_dim=2` | {run2.metrics['val/elbo']:.2f} |" in text
-    assert "| 2 (failed) | `x=1` | — | — | — | — |" in text
+    assert "| 2 (failed) | `x=1` | — | — | — |" in text
     best = max((run5.metrics["val/elbo"], "0"), (run2.metrics["val/elbo"], "1"))
     assert f"Best val/elbo: job {best[1]} ({best[0]:.2f})." in text
 
     rows = (sweep / "report" / "comparison.csv").read_text().splitlines()
-    assert rows[0] == "job,status,overrides,val/elbo,val/kl,val/active_units,test/elbo"
+    assert rows[0] == "job,status,overrides,val/elbo,val/kl,val/active_units"
     job0, job1, job2 = (row.split(",") for row in rows[1:])
     assert job0[:3] == ["0", "ok", "debug=fast model.latent_dim=5"]
     assert float(job0[3]) == pytest.approx(run5.metrics["val/elbo"], rel=1e-5)
     assert float(job1[5]) == run2.metrics["val/active_units"]
-    assert job1[6] == ""  # test=false in job 1: blank, not zero
-    assert job2 == ["2", "failed", "debug=fast x=1", "", "", "", ""]
+    assert job2 == ["2", "failed", "debug=fast x=1", "", "", ""]
     assert_png_not_blank(sweep / "report" / "val_elbo.png")
 
 

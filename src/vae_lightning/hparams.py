@@ -21,8 +21,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-# Hydra's instantiation flags say how to build an object, not what was trained.
-INSTANTIATE_FLAGS = frozenset({"_recursive_", "_convert_", "_partial_", "_args_"})
+# Hydra's instantiation keys say how to build an object, not what was trained; the class a
+# `_target_` names is already in the table as the group's choice (model: mlp).
+INSTANTIATE_KEYS = frozenset({"_target_", "_recursive_", "_convert_", "_partial_", "_args_"})
 
 
 def hparams_from_config(cfg: DictConfig, exclude: Sequence[str] = ()) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def hparams_from_config(cfg: DictConfig, exclude: Sequence[str] = ()) -> dict[st
 def _flatten(node: DictConfig, prefix: str, excluded: set[str], out: dict[str, Any]) -> None:
     for key in node:
         path = f"{prefix}{key}"
-        if path in excluded or key in INSTANTIATE_FLAGS or OmegaConf.is_missing(node, key):
+        if path in excluded or key in INSTANTIATE_KEYS or OmegaConf.is_missing(node, key):
             continue
         value = node[key]
         if isinstance(value, DictConfig):

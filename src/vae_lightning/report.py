@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 REPORT_DIR = "report"
 EVENT_GLOB = "events.out.tfevents.*"
 TERMS = ("loss", "rec", "kl")
-COMPARISON_METRICS = ("val/elbo", "val/kl", "val/active_units", "test/elbo")
+# Validation only: a sweep is compared and picked on validation; test/* is for the pick.
+COMPARISON_METRICS = ("val/elbo", "val/kl", "val/active_units")
 # The report's images: file name -> (TensorBoard tag, title).
 IMAGES = {
     "samples.png": ("val/samples", "Decoder means of fixed prior draws z ~ N(0, I)"),
@@ -276,7 +277,8 @@ def comparison_markdown(
         "",
         f"Overrides shared by every job: `{' '.join(common) or '(none)'}`",
         "",
-        "Final values, nats per image (val: last epoch; test: best checkpoint).",
+        "Final validation values, nats per image. Test metrics are left out on purpose: pick "
+        "on validation, then evaluate the pick's best checkpoint with vae-eval.",
         "",
         "| job | overrides | " + " | ".join(metrics) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |",
