@@ -50,14 +50,13 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import Tensor, nn
 
-from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.evaluate import evaluate_checkpoint
 from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import iwae_log_likelihood
 from vae_lightning.models.likelihoods import Bernoulli
 from vae_lightning.models.losses import gaussian_kl
-from vae_lightning.train import train
+from vae_lightning.train import compose_as_launched, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"

@@ -140,8 +140,7 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
     from epoch_timer import EpochTimer  # benchmarks/ is on sys.path: the script's folder
     from hydra import initialize_config_dir
 
-    from vae_lightning.configs import compose_as_launched
-    from vae_lightning.train import train
+    from vae_lightning.train import compose_as_launched, train
 
     out_dir = tempfile.mkdtemp(prefix="throughput-")
     overrides = [

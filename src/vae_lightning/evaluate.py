@@ -27,9 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vae_lightning.configs import CONFIG_PATH
-from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.lit_module import EVAL_SEED, VAELitModule
+from vae_lightning.train import CONFIG_PATH
 
 SPLITS = ("test", "val")
 # Metric name (after the split prefix) -> (unit, format) in the printed table.
@@ -44,7 +43,7 @@ TABLE_ROWS = {
 }
 
 
-class EvaluationError(UserError, ValueError):
+class EvaluationError(ValueError):
     """A bad vae-eval invocation; the message says what to do."""
 
 
@@ -219,9 +218,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-@report_user_errors("vae-eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    try:
+        evaluate(cfg)
+    except EvaluationError as err:
+        raise SystemExit(f"vae-eval: {err}") from None
 
 
 if __name__ == "__main__":

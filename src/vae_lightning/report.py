@@ -30,12 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from vae_lightning.configs import CONFIG_PATH
-from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.sweeps import FAILURE_FILE
 
 log = logging.getLogger(__name__)
 
+CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 REPORT_DIR = "report"
 EVENT_GLOB = "events.out.tfevents.*"
 TERMS = ("loss", "rec", "kl")
@@ -52,7 +51,7 @@ IMAGES = {
 PCA_TAG, PCA_FILE = "val/latent_pca", "latent_pca.png"
 
 
-class ReportError(UserError, ValueError):
+class ReportError(ValueError):
     """The folder given to ``vae-report`` is not a finished run or a multirun folder."""
 
 
@@ -365,7 +364,6 @@ class CompareJobsAfterMultirun(Callback):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
-@report_user_errors("vae-report")
 def main(cfg: DictConfig) -> None:
     log.info("Report: %s", write_report(Path(cfg.run_dir)))
 

@@ -24,8 +24,6 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lightning.errors import UserError, report_user_errors
-
 RESUME_KEY = "resume"
 RECORD_DIR = ".hydra"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -33,7 +31,7 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 PER_LAUNCH_KEYS = ("ckpt_path", RESUME_KEY, "hydra.run.dir")
 
 
-class ResumeError(UserError, ValueError):
+class ResumeError(ValueError):
     """``resume=`` points to something that cannot be resumed."""
 
 
@@ -145,16 +143,15 @@ def tensorboard_version(run_dir: Path) -> list[str]:
     return [f"logger.tensorboard.version={quote(versions[0])}"] if len(versions) == 1 else []
 
 
-def expand_resume_in_argv() -> None:
-    sys.argv[1:] = expand_resume(sys.argv[1:])
-
-
 def accepts_resume(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
     """Wrap a ``@hydra.main`` entry point so that ``resume=`` works on its command line."""
 
     @functools.wraps(hydra_main)
     def entry_point() -> Any:
-        report_user_errors("vae-train")(expand_resume_in_argv)()
+        try:
+            sys.argv[1:] = expand_resume(sys.argv[1:])
+        except ResumeError as err:
+            raise SystemExit(f"Error: {err}") from None
         return hydra_main()
 
     return entry_point

@@ -21,12 +21,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from vae_lightning.checkpoints import checkpoint_dir
-from vae_lightning.errors import UserError
 
 NanPolicy = Literal["stop", "skip"]
 
 
-class NonFiniteLossError(UserError, RuntimeError):
+class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (policy ``stop``)."""
 
 

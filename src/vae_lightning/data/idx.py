@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vae_lightning.errors import UserError
-
 UINT8_TYPE_CODE = 0x08
 
 
-class DataFileError(UserError, RuntimeError):
+class DataFileError(RuntimeError):
     """A data file is missing, truncated or not what it claims to be."""
 
 
