@@ -30,12 +30,19 @@ CPU, NLL on 1000 images:     PYTHONPATH=src python benchmarks/quality.py --epoch
                                  --nll-images 1000 --accelerator cpu
                              (about 2 hours on 2 cores; the conv row is half of it)
 Smoke (seconds):             PYTHONPATH=src python benchmarks/quality.py --smoke
+
+Seeds. ``--seeds 1 2 3`` trains every row once per seed (the seed of the run: initialisation,
+shuffling, dynamic binarization; the test binarization and the evaluation samples stay fixed)
+and reports each figure as mean ± standard error over the seeds. At each length, a row whose
+NLL is within two standard errors of the difference from the best row's is marked tied with
+it: |m - m_best| <= 2 sqrt(SE^2 + SE_best^2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -60,7 +67,8 @@ from vae_lightning.train import compose_as_launched, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
-SEED = 12345
+DEFAULT_SEEDS = [12345]
+TIE_STANDARD_ERRORS = 2.0
 OUR_ROWS = {
     "mlp": ["model=mlp"],
     "mlp_as_peer": ["model=mlp", "model.net.init=pytorch", "trainer.gradient_clip_val=null"],
@@ -111,9 +119,10 @@ def train_peer(
     binarize: bool,
     device: torch.device,
     limit_batches: int | None,
+    seed: int,
 ) -> tuple[dict[int, dict[str, Tensor]], float]:
     """The recipe's train loop; returns the weights after each epoch in ``epochs``."""
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = PeerVAE().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images = images.to(device)
@@ -180,15 +189,46 @@ def evaluate_peer(
     }
 
 
+def run_peer(
+    name: str,
+    args: argparse.Namespace,
+    train_grey: Tensor,
+    test_binary: Tensor,
+    test_grey: Tensor,
+    device: torch.device,
+    seed: int,
+) -> list[dict[str, Any]]:
+    snapshots, seconds = train_peer(
+        train_grey, args.epochs, name == "peer_binarized", device, args.limit_batches, seed
+    )
+    rows = []
+    for epochs, weights in snapshots.items():
+        start = time.perf_counter()
+        metrics = evaluate_peer(
+            weights, test_binary, test_grey, args.iwae_k, args.nll_images, device
+        )
+        rows.append(
+            {
+                "row": name,
+                "epochs": epochs,
+                "seed": seed,
+                **metrics,
+                "train_seconds_total": round(seconds, 1),
+                "nll_seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    return rows
+
+
 # ------------------------------------------------------------------ vae-lightning rows
 def run_ours(
-    name: str, args: argparse.Namespace, out_dir: Path, datamodule: MNISTDataModule
+    name: str, args: argparse.Namespace, out_dir: Path, datamodule: MNISTDataModule, seed: int
 ) -> list[dict[str, Any]]:
-    run_dir = out_dir / name
+    run_dir = out_dir / f"{name}-seed{seed}"
     overrides = [
         *OUR_ROWS[name],
         "data=fashion_mnist",
-        f"seed={SEED}",
+        f"seed={seed}",
         f"trainer.max_epochs={max(args.epochs)}",
         f"trainer.accelerator={args.accelerator}",
         "+callbacks.model_checkpoint.save_top_k=-1",  # keep every epoch's checkpoint
@@ -223,6 +263,7 @@ def run_ours(
             {
                 "row": name,
                 "epochs": epochs,
+                "seed": seed,
                 "test_elbo": full["test/elbo"],
                 "nll_iwae": subset["test/nll_iwae"],
                 "active_units": int(full["test/active_units"]),
@@ -236,25 +277,76 @@ def run_ours(
 
 
 # ------------------------------------------------------------------ report
+def mean_and_standard_error(values: list[float]) -> tuple[float, float | None]:
+    """The mean, and its standard error (sample std / sqrt(n)); None for a single value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (row, epochs): mean ± SE over seeds, and how the NLL compares to the best.
+
+    ``vs_best`` is "best", "tied" (within TIE_STANDARD_ERRORS standard errors of the
+    difference) or the gap in nats; with one seed there is no SE, so only equal means tie.
+    """
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["row"], row["epochs"]), []).append(row)
+    summary = []
+    for (name, epochs), members in groups.items():
+        entry = {"row": name, "epochs": epochs, "seeds": len(members)}
+        for key in ("test_elbo", "nll_iwae", "active_units"):
+            entry[key], entry[f"{key}_se"] = mean_and_standard_error([m[key] for m in members])
+        entry["latent_dim"] = members[0]["latent_dim"]
+        if all("peer_native_test_loss" in m for m in members):
+            entry["peer_native_test_loss"] = mean_and_standard_error(
+                [m["peer_native_test_loss"] for m in members]
+            )[0]
+        summary.append(entry)
+    for epochs in {entry["epochs"] for entry in summary}:
+        same_length = [entry for entry in summary if entry["epochs"] == epochs]
+        best = min(same_length, key=lambda entry: entry["nll_iwae"])
+        for entry in same_length:
+            gap = entry["nll_iwae"] - best["nll_iwae"]
+            spread = math.hypot(entry["nll_iwae_se"] or 0.0, best["nll_iwae_se"] or 0.0)
+            if entry is best:
+                entry["vs_best"] = "best"
+            elif gap <= TIE_STANDARD_ERRORS * spread:
+                entry["vs_best"] = "tied"
+            else:
+                entry["vs_best"] = f"+{gap:.2f}"
+    return sorted(summary, key=lambda e: (e["epochs"], ALL_ROWS.index(e["row"])))
+
+
+def with_se(mean: float, se: float | None, digits: int = 2) -> str:
+    return f"{mean:.{digits}f}" if se is None else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
+    seeds = ", ".join(str(seed) for seed in s["seeds"])
     lines = [
-        f"Fashion-MNIST, {s['train_images']} training images, Adam 1e-3, batch 128, seed "
-        f"{SEED}; {s['device']} ({s['torch']}); load average before/after "
-        f"{s['load_before']} / {s['load_after']} on {s['cpus']} CPUs.",
+        f"Fashion-MNIST, {s['train_images']} training images, Adam 1e-3, batch 128, seeds "
+        f"{seeds} (mean ± standard error over seeds); {s['device']} ({s['torch']}); load "
+        f"average before/after {s['load_before']} / {s['load_after']} on {s['cpus']} CPUs.",
         f"Test ELBO: all {s['test_images']} test images; NLL: IWAE k={s['iwae_k']} on the first "
         f"{s['nll_images']} test images. Both under a Bernoulli decoder on the same fixed "
         "binarization: comparable across rows. Peer native: the recipe's own loss on grey "
-        "levels, not comparable.",
+        "levels, not comparable. vs best: the NLL gap to the best row at that length, or tied "
+        f"when within {TIE_STANDARD_ERRORS:g} standard errors of the difference.",
         "",
-        "| row | epochs | test ELBO | NLL (IWAE) | active units | peer native |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| row | epochs | test ELBO | NLL (IWAE) | vs best | active units | peer native |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
-    for r in results["rows"]:
+    for r in results["summary"]:
         native = f"{r['peer_native_test_loss']:.2f}" if "peer_native_test_loss" in r else ""
         lines.append(
-            f"| {r['row']} | {r['epochs']} | {r['test_elbo']:.2f} | {r['nll_iwae']:.2f} | "
-            f"{r['active_units']}/{r['latent_dim']} | {native} |"
+            f"| {r['row']} | {r['epochs']} | {with_se(r['test_elbo'], r['test_elbo_se'])} | "
+            f"{with_se(r['nll_iwae'], r['nll_iwae_se'])} | {r['vs_best']} | "
+            f"{r['active_units']:.1f}/{r['latent_dim']} | {native} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -262,6 +354,7 @@ def markdown(results: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
     parser.add_argument("--rows", nargs="+", default=list(ALL_ROWS), choices=ALL_ROWS)
     parser.add_argument("--iwae-k", type=int, default=5000)
     parser.add_argument("--nll-images", type=int, default=10000, help="multiple of 100")
@@ -294,36 +387,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(
         "cuda" if args.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
     )
-    L.seed_everything(SEED, verbose=False)
-
     rows: list[dict[str, Any]] = []
-    for name in args.rows:
-        print(f"[quality] {name} ...", file=sys.stderr, flush=True)
-        if name in PEER_ROWS:
-            snapshots, seconds = train_peer(
-                train_grey, args.epochs, name == "peer_binarized", device, args.limit_batches
-            )
-            for epochs, weights in snapshots.items():
-                start = time.perf_counter()
-                metrics = evaluate_peer(
-                    weights, test_binary, test_grey, args.iwae_k, args.nll_images, device
-                )
-                rows.append(
-                    {
-                        "row": name,
-                        "epochs": epochs,
-                        **metrics,
-                        "train_seconds_total": round(seconds, 1),
-                        "nll_seconds": round(time.perf_counter() - start, 1),
-                    }
-                )
-        else:
-            rows.extend(run_ours(name, args, args.out, datamodule))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    for seed in args.seeds:
+        L.seed_everything(seed, verbose=False)
+        for name in args.rows:
+            print(f"[quality] {name}, seed {seed} ...", file=sys.stderr, flush=True)
+            if name in PEER_ROWS:
+                rows.extend(run_peer(name, args, train_grey, test_binary, test_grey, device, seed))
+            else:
+                rows.extend(run_ours(name, args, args.out, datamodule, seed))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     results = {
         "settings": {
             "epochs": args.epochs,
+            "seeds": args.seeds,
             "iwae_k": args.iwae_k,
             "nll_images": args.nll_images,
             "train_images": len(train_grey),
@@ -336,7 +414,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "load_before": round(load_before, 1),
             "load_after": round(os.getloadavg()[0], 1),
         },
-        "rows": sorted(rows, key=lambda r: (r["epochs"], ALL_ROWS.index(r["row"]))),
+        "rows": sorted(rows, key=lambda r: (r["epochs"], ALL_ROWS.index(r["row"]), r["seed"])),
+        "summary": summarize(rows),
     }
     (args.out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
