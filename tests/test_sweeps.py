@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,3 +243,30 @@ def test_job_name_is_a_folder_safe_name_of_the_overrides_in_a_multirun_only(comp
     finally:
         HydraConfig.instance().cfg = None  # no multirun state for the tests that follow
     assert len(long_name) == MAX_NAME_LENGTH and long_name.startswith("model.beta=0,model.beta=1,")
+
+
+def sweep_dir_and_pid_of_a_new_launch() -> tuple[str, str]:
+    """The sweep folder a `vae-train -m` launched by a fresh process resolves, and its pid."""
+    code = (
+        "import os\n"
+        "from hydra import initialize_config_dir, compose\n"
+        "from hydra.core.hydra_config import HydraConfig\n"
+        "import vae_lightning.train\n"
+        f"with initialize_config_dir(config_dir='{CONF_DIR}', version_base='1.3'):\n"
+        "    cfg = compose('train', return_hydra_config=True)\n"
+        "    HydraConfig.instance().set_config(cfg)\n"
+        "    print(cfg.hydra.sweep.dir, os.getpid())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep_dir, pid = result.stdout.split()
+    return sweep_dir, pid
+
+
+def test_two_multiruns_started_in_the_same_second_get_their_own_folders():
+    """<log dir>/multirun/<date>/<time>-<id of the launching process>: two launches never
+    share a folder, even in the same second."""
+    (first, first_pid), (second, second_pid) = (sweep_dir_and_pid_of_a_new_launch() for _ in "ab")
+    assert re.fullmatch(r".*/multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d+", first), first
+    assert first.endswith(f"-{first_pid}") and second.endswith(f"-{second_pid}")
+    assert first != second

@@ -67,6 +67,21 @@ def job_name() -> str:
 OmegaConf.register_new_resolver("job_name", job_name, replace=True)
 
 
+def launching_process() -> str:
+    """The id of the process that launches a multirun, for its sweep folder's name.
+
+    ``<date>/<time>`` alone is shared by two multiruns started in the same second, whose jobs
+    would then overwrite each other's folders. No two running processes share an id. The value
+    is cached (``use_cache``), and Hydra copies the cache of the launching process's config
+    into every job's, so jobs run by a launcher in other processes (submitit, joblib) resolve
+    the same folder.
+    """
+    return str(os.getpid())
+
+
+OmegaConf.register_new_resolver("launching_process", launching_process, use_cache=True)
+
+
 @contextmanager
 def multirun_job() -> Iterator[None]:
     """Run one job of a multirun in this process so that DDP works and the next job starts clean.
