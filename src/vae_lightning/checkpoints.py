@@ -24,11 +24,13 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vae_lightning.errors import UserError
+
 # Keys every Lightning training checkpoint has; a file without them is something else.
 TRAINING_KEYS = ("state_dict", "global_step", "epoch", "loops")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or not a training checkpoint."""
 
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.lit_module import EVAL_SEED, VAELitModule
 from vae_lightning.train import CONFIG_PATH
 
@@ -43,7 +44,7 @@ TABLE_ROWS = {
 }
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """A bad vae-eval invocation; the message says what to do."""
 
 
@@ -218,11 +219,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@report_user_errors("vae-eval")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except EvaluationError as err:
-        raise SystemExit(f"vae-eval: {err}") from None
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
+from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.sweeps import FAILURE_FILE
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ IMAGES = {
 PCA_TAG, PCA_FILE = "val/latent_pca", "latent_pca.png"
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The folder given to ``vae-report`` is not a finished run or a multirun folder."""
 
 
@@ -362,6 +363,7 @@ class CompareJobsAfterMultirun(Callback):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
+@report_user_errors("vae-report")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:
     log.info("Report: %s", write_report(Path(cfg.run_dir)))
 

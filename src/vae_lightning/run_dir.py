@@ -24,6 +24,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lightning.errors import UserError, report_user_errors
+
 RESUME_KEY = "resume"
 RECORD_DIR = ".hydra"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -31,7 +33,7 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 PER_LAUNCH_KEYS = ("ckpt_path", RESUME_KEY, "hydra.run.dir")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """``resume=`` points to something that cannot be resumed."""
 
 
@@ -148,10 +150,12 @@ def accepts_resume(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
 
     @functools.wraps(hydra_main)
     def entry_point() -> Any:
-        try:
-            sys.argv[1:] = expand_resume(sys.argv[1:])
-        except ResumeError as err:
-            raise SystemExit(f"Error: {err}") from None
+        _expand_command_line()
         return hydra_main()
 
     return entry_point
+
+
+@report_user_errors("vae-train")  # before Hydra starts, reported as any bad input is
+def _expand_command_line() -> None:
+    sys.argv[1:] = expand_resume(sys.argv[1:])

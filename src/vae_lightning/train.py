@@ -20,19 +20,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, open_dict
 
-from vae_lightning.checkpoints import CheckpointError, load_checkpoint
-from vae_lightning.config_checks import ConfigError, build_checked_model, check_config
-from vae_lightning.data.idx import DataFileError
+from vae_lightning.checkpoints import load_checkpoint
+from vae_lightning.config_checks import build_checked_model, check_config
+from vae_lightning.errors import report_user_errors
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
 from vae_lightning.run_dir import accepts_resume, save_run_record
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
-
-# Errors caused by what the user asked for (config values, data files, a checkpoint to start
-# from), each raised with a message that says what to do.
-BAD_INPUT = (ConfigError, DataFileError, CheckpointError)
 
 # The repository's conf/, next to src/ (the package is installed editable with `pip install -e`).
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
@@ -176,13 +172,11 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 @accepts_resume  # vae-train resume=<run dir or checkpoint>: see run_dir.py
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@report_user_errors("vae-train")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> float | None:
     """Train; return the optimised metric for sweepers (Optuna maximises val/elbo)."""
     if not in_multirun():
-        try:
-            metrics = train(cfg)
-        except BAD_INPUT as err:  # its message says what to do; a traceback would bury it
-            raise SystemExit(f"Error: {err}") from None
+        metrics = train(cfg)
         try:
             return optimized_value(cfg, metrics)
         except ValueError as err:  # a single run has already done its work: warn only

@@ -21,11 +21,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from vae_lightning.checkpoints import checkpoint_dir
+from vae_lightning.errors import UserError
 
 NanPolicy = Literal["stop", "skip"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or infinite (policy ``stop``)."""
 
 
