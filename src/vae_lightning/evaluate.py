@@ -27,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.lit_module import EVAL_SEED, VAELitModule
-from vae_lightning.train import CONFIG_PATH
 
 SPLITS = ("test", "val")
 # Metric name (after the split prefix) -> (unit, format) in the printed table.

@@ -30,12 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
+from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.sweeps import FAILURE_FILE
 
 log = logging.getLogger(__name__)
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 REPORT_DIR = "report"
 EVENT_GLOB = "events.out.tfevents.*"
 TERMS = ("loss", "rec", "kl")
