@@ -57,16 +57,16 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import Tensor, nn
 
+from vae_lightning.configs import CONFIG_PATH, compose_as_launched
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.evaluate import evaluate_checkpoint
 from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import iwae_log_likelihood
 from vae_lightning.models.likelihoods import Bernoulli
 from vae_lightning.models.losses import gaussian_kl
-from vae_lightning.train import compose_as_launched, train
+from vae_lightning.train import train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_SEEDS = [12345]
 TIE_STANDARD_ERRORS = 2.0
 OUR_ROWS = {
@@ -242,7 +242,7 @@ def run_ours(
     ]
     if args.limit_batches is not None:
         overrides.append(f"+trainer.limit_train_batches={args.limit_batches}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose_as_launched("train", overrides)
         start = time.perf_counter()
         train(cfg)

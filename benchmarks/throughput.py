@@ -44,7 +44,6 @@ from typing import Any
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = PROJECT_ROOT / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 VAL_SIZE = 5000  # data.val_size of the default config: the training set has 60 000 - 5000
 RESULT_PREFIX = "THROUGHPUT_RESULT "
@@ -140,7 +139,8 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
     from epoch_timer import EpochTimer  # benchmarks/ is on sys.path: the script's folder
     from hydra import initialize_config_dir
 
-    from vae_lightning.train import compose_as_launched, train
+    from vae_lightning.configs import CONFIG_PATH, compose_as_launched
+    from vae_lightning.train import train
 
     out_dir = tempfile.mkdtemp(prefix="throughput-")
     overrides = [
@@ -170,7 +170,7 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
     if args.limit_batches:
         overrides.append(f"+trainer.limit_train_batches={args.limit_batches}")
     overrides += args.override
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         train(compose_as_launched("train", overrides))
     (timer,) = EpochTimer.instances
     return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "images": timer.images}

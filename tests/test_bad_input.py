@@ -14,7 +14,7 @@ from hydra import initialize_config_dir
 
 from helpers.data import write_dataset, write_idx
 from helpers.paths import CONF_DIR
-from helpers.runs import compose_config, vae_train
+from helpers.runs import compose_config, run_module, vae_train
 from vae_lightning.checkpoints import CheckpointError
 from vae_lightning.config_checks import ConfigError, available_devices
 from vae_lightning.data import DataFileError
@@ -188,29 +188,64 @@ def cli_snapshot(run_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "status"),
     [
         # Hydra's own checks, also tested in-process in test_config.py: slow here only for the
-        # ~10 s start-up of each process.
+        # ~10 s start-up of each process. Hydra reports them itself, with exit status 1.
         pytest.param(
-            ["model.latnt_dim=8"], "Could not override 'model.latnt_dim'", marks=pytest.mark.slow
+            ["model.latnt_dim=8"],
+            "Could not override 'model.latnt_dim'",
+            1,
+            marks=pytest.mark.slow,
         ),
         pytest.param(
-            ["model=transformer"], "Could not find 'model/transformer'", marks=pytest.mark.slow
+            ["model=transformer"], "Could not find 'model/transformer'", 1, marks=pytest.mark.slow
         ),
-        (["model.latent_dim=0"], "model.latent_dim=0 is invalid: the size of z"),
+        (["model.latent_dim=0"], "model.latent_dim=0 is invalid: the size of z", 2),
     ],
     ids=["misspelt key", "unknown option", "bad value"],
 )
-def test_cli_rejects_bad_input_and_keeps_the_run_record(good_run, tmp_path, args, message):
+def test_cli_rejects_bad_input_and_keeps_the_run_record(good_run, tmp_path, args, message, status):
     """Through Hydra itself: Hydra would write .hydra/ into the run dir before the task."""
     run_dir = tmp_path / "run"
     shutil.copytree(good_run, run_dir)
     before = cli_snapshot(run_dir)
     result = vae_train([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == status
     assert message in result.stderr
+    if status == 2:  # our own check of the config, reported as every user error is
+        assert result.stderr.startswith("vae-train: error: Invalid configuration")
     assert "Traceback" not in result.stderr  # the message alone, not buried under a stack
     if "transformer" in args[0]:
         assert "Available options" in result.stderr and "conv" in result.stderr
     assert cli_snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "message"),
+    [
+        # resume= is expanded before Hydra starts (run_dir.accepts_resume).
+        ("vae_lightning.train", ["resume={tmp}/nowhere"], "no such run dir or checkpoint file"),
+        (
+            "vae_lightning.evaluate",
+            ["ckpt_path={tmp}/missing.ckpt", "hydra.run.dir={tmp}/eval"],
+            "ckpt_path={tmp}/missing.ckpt: no such file.",
+        ),
+        (
+            "vae_lightning.report",
+            ["run_dir={tmp}/missing"],
+            "run_dir={tmp}/missing is not a folder. Pass the folder of a finished run",
+        ),
+    ],
+    ids=["vae-train", "vae-eval", "vae-report"],
+)
+def test_every_cli_reports_bad_input_the_same_way(tmp_path, module, args, message):
+    """One paragraph on stderr, named by the program, exit status 2, no traceback."""
+    prog = {"train": "vae-train", "evaluate": "vae-eval", "report": "vae-report"}
+    prog = prog[module.rsplit(".", 1)[1]]
+    result = run_module(module, [arg.format(tmp=tmp_path) for arg in args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    paragraph = result.stderr.strip().split("\n\n")[-1]  # after any import-time warnings
+    assert paragraph.startswith(f"{prog}: error: ") and "\n" not in paragraph
+    assert message.format(tmp=tmp_path) in paragraph

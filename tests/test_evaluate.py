@@ -15,9 +15,10 @@ from test_sweeps import output
 from helpers.data import idx_data
 from helpers.paths import CONF_DIR
 from helpers.runs import run_module, vae_train
+from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.evaluate import EvaluationError, evaluate, evaluate_checkpoint
-from vae_lightning.train import compose_as_launched, train
+from vae_lightning.train import train
 
 TEST_IMAGES = 200  # in the generated test split (helpers.data.write_dataset)
 

@@ -40,10 +40,11 @@ from vae_lightning.callbacks import (
     PosteriorCollapse,
 )
 from vae_lightning.callbacks.base import is_due
+from vae_lightning.configs import compose_as_launched
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models.diagnostics import active_units, kl_per_dimension
 from vae_lightning.report import write_report
-from vae_lightning.train import compose_as_launched, train
+from vae_lightning.train import train
 
 TILE = 30  # make_grid: 28-pixel images with 2 pixels of padding
 

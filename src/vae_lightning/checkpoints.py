@@ -24,11 +24,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vae_lightning.errors import UserError
+from vae_lightning.run_layout import RunLayout
+
 # Keys every Lightning training checkpoint has; a file without them is something else.
 TRAINING_KEYS = ("state_dict", "global_step", "epoch", "loops")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or not a training checkpoint."""
 
 
@@ -130,4 +133,4 @@ def checkpoint_dir(trainer: Trainer) -> Path:
     callback = trainer.checkpoint_callback
     if isinstance(callback, ModelCheckpoint) and callback.dirpath:
         return Path(callback.dirpath)
-    return Path(trainer.default_root_dir) / "checkpoints"
+    return RunLayout(trainer.default_root_dir).checkpoint_dir

@@ -23,11 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vae_lightning.errors import ConfigError
 from vae_lightning.models.vae import ACTIVATIONS, WEIGHT_INITS
-
-
-class ConfigError(ValueError):
-    """The composed config holds a value that cannot work; the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from vae_lightning.configs import CONFIG_PATH
+from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.lit_module import EVAL_SEED, VAELitModule
-from vae_lightning.train import CONFIG_PATH
+from vae_lightning.run_layout import RunLayout
 
 SPLITS = ("test", "val")
 # Metric name (after the split prefix) -> (unit, format) in the printed table.
@@ -43,7 +45,7 @@ TABLE_ROWS = {
 }
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """A bad vae-eval invocation; the message says what to do."""
 
 
@@ -127,11 +129,6 @@ def evaluate_checkpoint(
     }
 
 
-def run_config_path(ckpt_path: Path) -> Path:
-    """vae-train writes <run dir>/checkpoints/<name>.ckpt and <run dir>/.hydra/config.yaml."""
-    return ckpt_path.parent.parent / ".hydra" / "config.yaml"
-
-
 def overridden_data_keys(overrides: list[str]) -> tuple[bool, list[str]]:
     """Whether the data group was swapped (``data=...``), and the ``data.*`` keys set."""
     keys = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
@@ -144,7 +141,7 @@ def data_config(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     swapped, keys = overridden_data_keys(overrides)
     if swapped:  # data=<option>: the composed option, with any data.* overrides already in it
         return OmegaConf.to_container(cfg.data, resolve=True)
-    path = run_config_path(ckpt_path)
+    path = RunLayout.of_checkpoint(ckpt_path).config_file
     if not path.is_file():
         raise EvaluationError(
             f"the data config of the checkpoint's run is read from {path}, which does not "
@@ -207,7 +204,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results["data"] = {
         key: data[key] for key in ("dataset", "root", "binarize", "split_seed", "val_size")
     }
-    out = Path(cfg.paths.output_dir) / "eval.json"
+    out = RunLayout(cfg.paths.output_dir).eval_results
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(
@@ -218,11 +215,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@report_user_errors("vae-eval")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except EvaluationError as err:
-        raise SystemExit(f"vae-eval: {err}") from None
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from vae_lightning.sweeps import FAILURE_FILE
+from vae_lightning.configs import CONFIG_PATH
+from vae_lightning.errors import UserError, report_user_errors
+from vae_lightning.run_layout import EVENT_GLOB, RunLayout
 
 log = logging.getLogger(__name__)
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
-REPORT_DIR = "report"
-EVENT_GLOB = "events.out.tfevents.*"
 TERMS = ("loss", "rec", "kl")
 # Validation only: a sweep is compared and picked on validation; test/* is for the pick.
 COMPARISON_METRICS = ("val/elbo", "val/kl", "val/active_units")
@@ -51,7 +50,7 @@ IMAGES = {
 PCA_TAG, PCA_FILE = "val/latent_pca", "latent_pca.png"
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The folder given to ``vae-report`` is not a finished run or a multirun folder."""
 
 
@@ -66,19 +65,13 @@ class RunEvents:
         return self.scalars[tag][1][-1] if tag in self.scalars else None
 
 
-def event_dirs(run_dir: Path) -> list[Path]:
-    """Folders under ``run_dir`` that hold TensorBoard event files (any logger name/version)."""
-    found = {path.parent for path in run_dir.rglob(EVENT_GLOB)}
-    return sorted(d for d in found if REPORT_DIR not in d.relative_to(run_dir).parts)
-
-
 def read_events(run_dir: Path) -> RunEvents:
     """All scalars and the latest images of a run, merged over its event folders.
 
     A value logged twice at the same step (a run resumed from a checkpoint repeats the steps
     after it) is kept once, the later write winning.
     """
-    folders = event_dirs(run_dir)
+    folders = RunLayout(run_dir).event_dirs()  # any logger name/version
     if not folders:
         raise ReportError(
             f"No TensorBoard event files under {run_dir}. vae-report reads the event files "
@@ -136,7 +129,7 @@ def write_run_report(run_dir: Path) -> Path:
     from vae_lightning import plots  # matplotlib only when a report is written
 
     events = read_events(run_dir)
-    out = run_dir / REPORT_DIR
+    out = RunLayout(run_dir).report_dir
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, str] = {}
 
@@ -188,14 +181,14 @@ def run_summary(run_dir: Path, events: RunEvents, figures: dict[str, str]) -> st
             f"Not drawn: {', '.join(missing)} (the run logged no such TensorBoard data: "
             "its callback was off or never ran).",
         ]
-    config = run_dir / ".hydra" / "config.yaml"
+    config = RunLayout(run_dir).config_file
     if config.is_file():
         lines += ["", "## Config", "", "```yaml", config.read_text().rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
 def read_overrides(run_dir: Path) -> list[str] | None:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = RunLayout(run_dir).overrides_file
     return [str(o) for o in OmegaConf.load(path)] if path.is_file() else None
 
 
@@ -205,7 +198,7 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     jobs = [
         path
         for path in sweep_dir.iterdir()
-        if path.is_dir() and path.name.isdigit() and (path / ".hydra" / "overrides.yaml").is_file()
+        if path.is_dir() and path.name.isdigit() and RunLayout(path).overrides_file.is_file()
     ]
     return sorted(jobs, key=lambda path: int(path.name))
 
@@ -239,7 +232,7 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
             events, status = read_events(job), "ok"
         except ReportError:
             events, status = RunEvents(), "no events"  # failed early or still starting
-        if (job / FAILURE_FILE).is_file():
+        if RunLayout(job).failure_file.is_file():
             status = "failed"
         varying = [o for o in overrides[job.name] if o not in common]
         values = [events.last(name) for name in metrics]
@@ -247,7 +240,7 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
         if "val/elbo" in events.scalars:
             curves[f"{job.name}: {' '.join(varying)}"] = events.scalars["val/elbo"]
 
-    out = sweep_dir / REPORT_DIR
+    out = RunLayout(sweep_dir).report_dir
     out.mkdir(parents=True, exist_ok=True)
     with (out / "comparison.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -328,7 +321,7 @@ def write_report(run_dir: Path) -> Path:
             ".hydra/ and tensorboard/, e.g. outputs/runs/<date>/<time>) or of a multirun "
             "(numbered job folders, e.g. outputs/multirun/<date>/<time>)."
         )
-    is_single_run = (run_dir / ".hydra").is_dir() or bool(event_dirs_shallow(run_dir))
+    is_single_run = RunLayout(run_dir).record_dir.is_dir() or bool(event_dirs_shallow(run_dir))
     if not is_single_run and find_jobs(run_dir):
         return write_multirun_report(run_dir)
     return write_run_report(run_dir)
@@ -336,7 +329,8 @@ def write_report(run_dir: Path) -> Path:
 
 def event_dirs_shallow(run_dir: Path) -> list[Path]:
     """Event files directly in the run dir or its tensorboard/ tree (not in job folders)."""
-    return [*run_dir.glob(EVENT_GLOB), *run_dir.glob(f"tensorboard/**/{EVENT_GLOB}")]
+    tensorboard = RunLayout(run_dir).tensorboard_dir
+    return [*run_dir.glob(EVENT_GLOB), *tensorboard.glob(f"**/{EVENT_GLOB}")]
 
 
 class CompareJobsAfterMultirun(Callback):
@@ -364,6 +358,7 @@ class CompareJobsAfterMultirun(Callback):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
+@report_user_errors("vae-report")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:
     log.info("Report: %s", write_report(Path(cfg.run_dir)))
 

@@ -24,14 +24,15 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lightning.errors import UserError, report_user_errors
+from vae_lightning.run_layout import EVENT_GLOB, RunLayout
+
 RESUME_KEY = "resume"
-RECORD_DIR = ".hydra"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # Overrides that describe one launch rather than the run; a resume sets them anew.
 PER_LAUNCH_KEYS = ("ckpt_path", RESUME_KEY, "hydra.run.dir")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """``resume=`` points to something that cannot be resumed."""
 
 
@@ -41,34 +42,35 @@ def save_run_record(cfg: DictConfig) -> None:
     if not HydraConfig.initialized():
         return  # train(cfg) called without Hydra: there is no run record to keep
     hydra_cfg = HydraConfig.get()
-    folder = Path(cfg.paths.output_dir) / RECORD_DIR  # the run dir, ${hydra:runtime.output_dir}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (folder / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
-    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task))
+    layout = RunLayout(cfg.paths.output_dir)  # the run dir, ${hydra:runtime.output_dir}
+    layout.record_dir.mkdir(parents=True, exist_ok=True)
+    layout.config_file.write_text(OmegaConf.to_yaml(cfg))
+    layout.hydra_file.write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    layout.overrides_file.write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
 
 def resolve_resume(target: str | Path) -> tuple[Path, Path]:
     """(run dir, checkpoint) for ``resume=<run dir>`` or ``resume=<checkpoint file>``."""
     target = Path(target).expanduser().resolve()
     if target.is_dir():
-        run_dir, checkpoint = target, target / LAST_CHECKPOINT
+        layout = RunLayout(target)
+        checkpoint = layout.last_checkpoint
         if not checkpoint.is_file():
             raise ResumeError(
-                f"resume={target}: no {LAST_CHECKPOINT} in this folder, so there is nothing "
-                "to resume (the run saved no checkpoint, or this is not a run dir). Pass a "
-                "checkpoint file instead: resume=<run dir>/checkpoints/<name>.ckpt."
+                f"resume={target}: no {checkpoint.relative_to(target)} in this folder, so "
+                "there is nothing to resume (the run saved no checkpoint, or this is not a run "
+                "dir). Pass a checkpoint file instead: resume=<run dir>/checkpoints/<name>.ckpt."
             )
     elif target.is_file():
-        checkpoint = target
-        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        layout, checkpoint = RunLayout.of_checkpoint(target), target
     else:
         raise ResumeError(f"resume={target}: no such run dir or checkpoint file.")
-    if not (run_dir / RECORD_DIR / "overrides.yaml").is_file():
+    run_dir = layout.root
+    if not layout.overrides_file.is_file():
         raise ResumeError(
-            f"resume={target}: {run_dir} has no {RECORD_DIR}/overrides.yaml, so its config "
-            "is unknown. To start a new run from this checkpoint with the config given on "
-            f"the command line, use ckpt_path={checkpoint} instead."
+            f"resume={target}: {run_dir} has no {layout.overrides_file.relative_to(run_dir)}, "
+            "so its config is unknown. To start a new run from this checkpoint with the config "
+            f"given on the command line, use ckpt_path={checkpoint} instead."
         )
     return run_dir, checkpoint
 
@@ -112,7 +114,7 @@ def expand_resume(args: list[str]) -> list[str]:
     except CheckpointError as err:
         raise ResumeError(str(err)) from err
 
-    saved = OmegaConf.load(run_dir / RECORD_DIR / "overrides.yaml")
+    saved = OmegaConf.load(RunLayout(run_dir).overrides_file)
     original = [str(o) for o in saved if _key(str(o)) not in PER_LAUNCH_KEYS]
     flags = [arg for arg in args if not _is_override(arg)]
     new = [arg for arg in args if _is_override(arg) and arg not in resume]
@@ -136,10 +138,10 @@ def tensorboard_version(run_dir: Path) -> list[str]:
     ``tensorboard/<its overrides>/`` (``${job_name:}``), a name a single run would not
     recompute. Whatever folder holds the event files is the one to continue.
     """
-    folder = run_dir / "tensorboard"
-    if not folder.is_dir() or any(folder.glob("events.out.tfevents.*")):
+    folder = RunLayout(run_dir).tensorboard_dir
+    if not folder.is_dir() or any(folder.glob(EVENT_GLOB)):
         return []
-    versions = [sub.name for sub in folder.iterdir() if any(sub.glob("events.out.tfevents.*"))]
+    versions = [sub.name for sub in folder.iterdir() if any(sub.glob(EVENT_GLOB))]
     return [f"logger.tensorboard.version={quote(versions[0])}"] if len(versions) == 1 else []
 
 
@@ -148,10 +150,12 @@ def accepts_resume(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
 
     @functools.wraps(hydra_main)
     def entry_point() -> Any:
-        try:
-            sys.argv[1:] = expand_resume(sys.argv[1:])
-        except ResumeError as err:
-            raise SystemExit(f"Error: {err}") from None
+        _expand_command_line()
         return hydra_main()
 
     return entry_point
+
+
+@report_user_errors("vae-train")  # before Hydra starts, reported as any bad input is
+def _expand_command_line() -> None:
+    sys.argv[1:] = expand_resume(sys.argv[1:])

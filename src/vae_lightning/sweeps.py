@@ -22,10 +22,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from vae_lightning.run_layout import FAILURE_FILE, RunLayout
+
 log = logging.getLogger(__name__)
 
-# Written into a job's folder when the job raised; ReportFailedJobs lists them at the end.
-FAILURE_FILE = "failure.txt"
 # File systems allow 255 bytes per path component; long override lists are cut and hashed.
 MAX_NAME_LENGTH = 200
 # Hydra overrides that describe the sweep itself, not the job: a DDP child re-running one
@@ -132,7 +132,7 @@ def record_failure(output_dir: str | Path) -> None:
     """Log the exception being handled and write it to ``<output_dir>/failure.txt``."""
     log.exception("This job failed; the other jobs of the sweep go on.")
     overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
-    path = Path(output_dir) / FAILURE_FILE
+    path = RunLayout(output_dir).failure_file  # ReportFailedJobs lists them at the end
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"overrides: {overrides}\n\n{traceback.format_exc()}")
 

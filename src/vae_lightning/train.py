@@ -7,50 +7,27 @@ thin Hydra wrapper that returns the optimised metric for sweepers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from vae_lightning.checkpoints import CheckpointError, load_checkpoint
-from vae_lightning.config_checks import ConfigError, build_checked_model, check_config
-from vae_lightning.data.idx import DataFileError
+from vae_lightning.checkpoints import load_checkpoint
+from vae_lightning.config_checks import build_checked_model, check_config
+from vae_lightning.configs import CONFIG_PATH
+from vae_lightning.errors import report_user_errors
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
 from vae_lightning.run_dir import accepts_resume, save_run_record
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
-
-# Errors caused by what the user asked for (config values, data files, a checkpoint to start
-# from), each raised with a message that says what to do.
-BAD_INPUT = (ConfigError, DataFileError, CheckpointError)
-
-# The repository's conf/, next to src/ (the package is installed editable with `pip install -e`).
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def compose_as_launched(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` in-process as its entry point would get it.
-
-    For tests, benchmarks and notebooks that call ``train(cfg)`` or ``evaluate(cfg)``. Needs an
-    initialised Hydra (``hydra.initialize_config_dir(CONFIG_PATH)``). Sets the HydraConfig, so
-    ``${hydra:...}`` resolves and ``HydraConfig.get()`` works as in a launch, and returns the
-    config without its ``hydra`` node, as ``@hydra.main`` hands it over.
-    """
-    cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def instantiate_named(group: DictConfig | None) -> list[Any]:
@@ -176,13 +153,11 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 @accepts_resume  # vae-train resume=<run dir or checkpoint>: see run_dir.py
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@report_user_errors("vae-train")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> float | None:
     """Train; return the optimised metric for sweepers (Optuna maximises val/elbo)."""
     if not in_multirun():
-        try:
-            metrics = train(cfg)
-        except BAD_INPUT as err:  # its message says what to do; a traceback would bury it
-            raise SystemExit(f"Error: {err}") from None
+        metrics = train(cfg)
         try:
             return optimized_value(cfg, metrics)
         except ValueError as err:  # a single run has already done its work: warn only

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from helpers.data import idx_data
 from helpers.paths import PROJECT_ROOT
-from vae_lightning.train import compose_as_launched
+from vae_lightning.configs import compose_as_launched
 
 
 def compose_config(run_dir: Path, data_root: Path, overrides: list[str] = ()) -> DictConfig:

@@ -21,11 +21,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from vae_lightning.checkpoints import checkpoint_dir
+from vae_lightning.errors import UserError
+from vae_lightning.run_layout import LAST_CHECKPOINT_NAME
 
 NanPolicy = Literal["stop", "skip"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or infinite (policy ``stop``)."""
 
 
@@ -90,7 +92,7 @@ class NonFiniteLossGuard(L.Callback):
             if self.policy == "skip"
             else ""
         )
-        if (path.parent / "last.ckpt").is_file():
+        if (path.parent / LAST_CHECKPOINT_NAME).is_file():
             resume = f"vae-train resume={trainer.default_root_dir} <changed overrides>"
             again = f"continue from the last checkpoint with `{resume}`"
         else:

@@ -18,11 +18,11 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae_lightning.checkpoints import checkpoint_dir
+from vae_lightning.run_layout import LAST_CHECKPOINT_NAME
 
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -193,8 +193,7 @@ class SaveOnInterrupt(L.Callback):
 
     # --------------------------------------------------------------- the stop
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
-        last = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        return checkpoint_dir(trainer) / last
+        return checkpoint_dir(trainer) / LAST_CHECKPOINT_NAME
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from vae_lightning.errors import UserError
+
 UINT8_TYPE_CODE = 0x08
 
 
-class DataFileError(RuntimeError):
+class DataFileError(UserError, RuntimeError):
     """A data file is missing, truncated or not what it claims to be."""
 
 
