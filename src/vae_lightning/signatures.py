@@ -36,7 +36,7 @@ class ArgumentProblem:
 
 
 def display_name(target: Callable[..., Any]) -> str:
-    return getattr(target, "__qualname__", repr(target))
+    return getattr(target, "__name__", repr(target))
 
 
 def _annotations(target: Callable[..., Any]) -> dict[str, Any]:
