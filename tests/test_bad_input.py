@@ -196,7 +196,7 @@ def cli_snapshot(run_dir: Path) -> dict[str, str]:
         pytest.param(
             ["model=transformer"], "Could not find 'model/transformer'", marks=pytest.mark.slow
         ),
-        (["model.latent_dim=0"], "model.latent_dim=0 is invalid: the size of z"),
+        (["model.latent_dim=0"], "model.latent_dim=0 is invalid: it should be greater than 0"),
     ],
     ids=["misspelt key", "unknown option", "bad value"],
 )
