@@ -17,6 +17,7 @@ from helpers.paths import CONF_DIR
 from helpers.runs import run_module, vae_train
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import MNISTDataModule
+from vae_lightning.errors import ConfigError
 from vae_lightning.evaluate import EvaluationError, evaluate, evaluate_checkpoint
 from vae_lightning.train import train
 
@@ -144,15 +145,24 @@ def test_checkpoint_outside_its_run_needs_a_data_option(
     [
         ([], "vae-eval needs the checkpoint"),
         (["ckpt_path=/nonexistent/x.ckpt"], "no such file"),
-        (["ckpt_path=RUN", "eval.split=train"], "eval.split='train'"),
-        (["ckpt_path=RUN", "eval.iwae_k=-1"], r"eval.iwae_k=-1 must be an integer >= 0"),
-        (["ckpt_path=RUN", "eval.chunk_rows=0"], r"eval.chunk_rows=0 must be"),
     ],
 )
 def test_bad_invocations_say_what_to_do(trained_run, evaluate_in_process, overrides, match):
     ckpt = str(trained_run / "checkpoints" / "last.ckpt")
     with pytest.raises(EvaluationError, match=match):
         evaluate_in_process([o.replace("RUN", ckpt) for o in overrides])
+
+
+def test_bad_eval_settings_are_listed_together(trained_run, evaluate_in_process):
+    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    bad = ["eval.split=train", "eval.iwae_k=-1", "eval.chunk_rows=0", "eval.batch_size=abc"]
+    with pytest.raises(ConfigError) as info:
+        evaluate_in_process([f"ckpt_path={ckpt}", *bad])
+    message = str(info.value)
+    assert "eval.split='train' is invalid: it should be 'test' or 'val'." in message
+    assert "eval.iwae_k=-1 is invalid: it should be greater than or equal to 0." in message
+    assert "eval.chunk_rows=0 is invalid: it should be greater than 0." in message
+    assert "eval.batch_size='abc' is invalid: it should be a valid integer." in message
 
 
 @pytest.mark.slow

@@ -14,25 +14,31 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
+from pydantic import NonNegativeInt, PositiveInt
 from rich.console import Console
 from rich.table import Table
 
+from vae_lightning.config_checks import config_error
 from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.lit_module import EVAL_SEED, VAELitModule
 from vae_lightning.run_layout import RunLayout
+from vae_lightning.signatures import argument_problems
 
-SPLITS = ("test", "val")
+# test: the official test split; val: the validation images held out of the training split.
+Split = Literal["test", "val"]
 # Metric name (after the split prefix) -> (unit, format) in the printed table.
 TABLE_ROWS = {
     "elbo": ("nats/image", ".2f"),
@@ -61,9 +67,9 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 def evaluate_checkpoint(
     ckpt_path: str | Path,
     datamodule: L.LightningDataModule,
-    split: str = "test",
-    iwae_k: int = 5000,
-    chunk_rows: int = 16384,
+    split: Split = "test",
+    iwae_k: NonNegativeInt = 5000,
+    chunk_rows: PositiveInt = 16384,
     accelerator: str = "auto",
     limit_batches: int | float | None = None,
     progress_bar: bool = True,
@@ -73,11 +79,6 @@ def evaluate_checkpoint(
     Runs the module's own test step (the code that logs ``test/*`` after training), with
     ``iwae_k`` importance samples and ``chunk_rows`` decoder rows per pass.
     """
-    if split not in SPLITS:
-        raise EvaluationError(
-            f"eval.split={split!r}: choose 'test' (the official test split) or 'val' (the "
-            "validation images held out of the training split)."
-        )
     model = VAELitModule.load_from_checkpoint(
         ckpt_path, map_location="cpu", test_iwae_k=iwae_k, iwae_chunk_rows=chunk_rows
     )
@@ -127,6 +128,25 @@ def evaluate_checkpoint(
         "peak_memory_kind": memory_kind,
         "seconds": round(seconds, 2),
     }
+
+
+def check_eval_settings(settings: dict[str, Any], data_target: Callable[..., Any]) -> None:
+    """Raise one ConfigError listing every bad ``eval.*`` value, judged by the signatures of
+    the code they go to: ``evaluate_checkpoint`` and the data module (``eval.batch_size``)."""
+    checked = {name: value for name, value in settings.items() if name != "batch_size"}
+    problems = argument_problems(evaluate_checkpoint, checked)
+    if "batch_size" in settings:
+        problems += [
+            replace(problem, parameter="batch_size")
+            for problem in argument_problems(
+                data_target, {"eval_batch_size": settings["batch_size"]}
+            )
+        ]
+    if problems:
+        raise config_error(
+            [f"eval.{p.parameter}={p.value!r} is invalid: {p.reason}." for p in problems],
+            "Fix the eval.* override(s); `vae-eval --cfg job` prints the composed config.",
+        )
 
 
 def overridden_data_keys(overrides: list[str]) -> tuple[bool, list[str]]:
@@ -184,11 +204,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise EvaluationError(f"ckpt_path={ckpt_path}: no such file.")
-    for key, low in (("iwae_k", 0), ("batch_size", 1), ("chunk_rows", 1)):
-        value = cfg.eval[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise EvaluationError(f"eval.{key}={value!r} must be an integer >= {low}.")
     data = data_config(cfg, list(HydraConfig.get().overrides.task))
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    check_eval_settings(settings, get_object(data["_target_"]))
     data["eval_batch_size"] = cfg.eval.batch_size
     datamodule = instantiate(data)
     results = evaluate_checkpoint(

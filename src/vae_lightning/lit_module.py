@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.trainer.states import TrainerFn
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
@@ -56,13 +57,13 @@ class VAELitModule(L.LightningModule):
         self,
         net: dict[str, Any],
         optimizer: dict[str, Any],
-        latent_dim: int = 20,
-        beta: float = 1.0,
+        latent_dim: PositiveInt = 20,
+        beta: NonNegativeFloat = 1.0,
         compile: bool = False,
         likelihood: dict[str, Any] | None = None,
         objective: dict[str, Any] | None = None,
-        test_iwae_k: int = 100,
-        iwae_chunk_rows: int = 16384,
+        test_iwae_k: NonNegativeInt = 100,
+        iwae_chunk_rows: PositiveInt = 16384,
         channels_last: bool = False,
     ) -> None:
         super().__init__()

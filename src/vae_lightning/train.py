@@ -15,7 +15,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from vae_lightning.checkpoints import load_checkpoint
@@ -37,31 +37,13 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node and "_target_" in node]
 
 
-def warn_if_likelihood_mismatches_data(cfg: DictConfig) -> None:
-    """A Bernoulli wants 0/1 pixels, a density on [0, 1] wants grey levels: say so if not."""
-    likelihood = str(cfg.likelihood.get("_target_", "")).rsplit(".", 1)[-1]
-    binarized = cfg.data.get("binarize", "none") != "none"
-    if likelihood == "Bernoulli" and not binarized:
-        rank_zero_warn(
-            "likelihood=bernoulli on grey levels (data.binarize=none): BCE on intensities is "
-            "not a normalised likelihood, so val/elbo and test/nll_iwae bound no density. Use "
-            "data.binarize=dynamic, or likelihood=continuous_bernoulli for grey levels."
-        )
-    elif likelihood in ("ContinuousBernoulli", "Gaussian") and binarized:
-        rank_zero_warn(
-            f"likelihood={likelihood} is a density for grey levels but data.binarize="
-            f"{cfg.data.binarize}: on 0/1 pixels it is unbounded. Use data.binarize=none."
-        )
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured VAE, then test its best checkpoint; return the final metrics.
 
     Everything that can be wrong with the config, the data files or the checkpoint to resume
     from is checked before the first file is written into the run dir.
     """
-    check_config(cfg)
-    warn_if_likelihood_mismatches_data(cfg)
+    check_config(cfg)  # and warns when the likelihood does not fit the data
     # A corrupt checkpoint fails here with a clear message rather than inside Lightning.
     resume_step = load_checkpoint(cfg.ckpt_path)["global_step"] if cfg.get("ckpt_path") else None
     if cfg.get("seed") is not None:

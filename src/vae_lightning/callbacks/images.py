@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from pydantic import NonNegativeInt, PositiveInt
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
@@ -19,7 +20,11 @@ class ReconstructionsAndSamples(VisualCallback):
     """
 
     def __init__(
-        self, num_images: int = 8, num_samples: int = 64, every_n_epochs: int = 1, seed: int = 0
+        self,
+        num_images: PositiveInt = 8,
+        num_samples: PositiveInt = 64,
+        every_n_epochs: PositiveInt = 1,
+        seed: NonNegativeInt = 0,
     ) -> None:
         super().__init__(num_images, every_n_epochs)
         self.num_samples, self.seed = num_samples, seed

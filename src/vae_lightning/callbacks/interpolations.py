@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from pydantic import PositiveInt
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from vae_lightning.callbacks.base import VisualCallback, decode, encode
-from vae_lightning.models.latent import INTERPOLATIONS
+from vae_lightning.models.latent import INTERPOLATIONS, Interpolation
 
 
 class LatentInterpolations(VisualCallback):
@@ -26,16 +27,11 @@ class LatentInterpolations(VisualCallback):
 
     def __init__(
         self,
-        num_pairs: int = 8,
-        num_steps: int = 10,
-        method: str = "linear",
-        every_n_epochs: int = 1,
+        num_pairs: PositiveInt = 8,
+        num_steps: PositiveInt = 10,
+        method: Interpolation = "linear",
+        every_n_epochs: PositiveInt = 1,
     ) -> None:
-        if method not in INTERPOLATIONS:
-            raise ValueError(
-                f"callbacks.interpolations.method={method!r} is not known; "
-                f"use one of {sorted(INTERPOLATIONS)}."
-            )
         super().__init__(2 * num_pairs, every_n_epochs)
         self.num_steps, self.method = num_steps, method
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+from pydantic import PositiveInt
 from torch.utils.tensorboard import SummaryWriter
 
 from vae_lightning.callbacks.base import VisualCallback, encode
@@ -28,8 +29,8 @@ class LatentSpace(VisualCallback):
 
     def __init__(
         self,
-        num_images: int = 1000,
-        every_n_epochs: int = 5,
+        num_images: PositiveInt = 1000,
+        every_n_epochs: PositiveInt = 5,
         projector: bool = True,
         pca: bool = True,
     ) -> None:

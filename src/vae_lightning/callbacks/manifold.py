@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
+from pydantic import PositiveInt
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
@@ -27,9 +28,9 @@ class LatentManifold(VisualCallback):
 
     def __init__(
         self,
-        grid_size: int = 20,
+        grid_size: PositiveInt = 20,
         quantile_range: Sequence[float] = (0.05, 0.95),
-        every_n_epochs: int = 1,
+        every_n_epochs: PositiveInt = 1,
     ) -> None:
         super().__init__(num_images=0, every_n_epochs=every_n_epochs)
         self.grid_size = grid_size

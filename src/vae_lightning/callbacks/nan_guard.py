@@ -18,6 +18,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from pydantic import NonNegativeInt
 from torch import Tensor
 
 from vae_lightning.checkpoints import checkpoint_dir
@@ -42,9 +43,9 @@ class NonFiniteLossGuard(L.Callback):
             run as ``stop`` would: the model, not the data, is broken.
     """
 
-    def __init__(self, policy: NanPolicy = "stop", max_consecutive_skips: int = 20) -> None:
-        if policy not in ("stop", "skip"):
-            raise ValueError(f"nan_policy={policy!r}: choose stop or skip.")
+    def __init__(
+        self, policy: NanPolicy = "stop", max_consecutive_skips: NonNegativeInt = 20
+    ) -> None:
         self.policy, self.max_consecutive_skips = policy, max_consecutive_skips
         self.skipped = 0
         self._consecutive = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from pydantic import NonNegativeFloat, PositiveInt
 
 from vae_lightning.callbacks.base import VisualCallback, encode, is_due, tensorboard_writer
 from vae_lightning.models.diagnostics import ACTIVE_UNIT_THRESHOLD, active_units, kl_per_dimension
@@ -27,9 +28,9 @@ class PosteriorCollapse(VisualCallback):
 
     def __init__(
         self,
-        num_images: int = 1000,
-        every_n_epochs: int = 1,
-        threshold: float = ACTIVE_UNIT_THRESHOLD,
+        num_images: PositiveInt = 1000,
+        every_n_epochs: PositiveInt = 1,
+        threshold: NonNegativeFloat = ACTIVE_UNIT_THRESHOLD,
     ) -> None:
         super().__init__(num_images, every_n_epochs)
         self.threshold = threshold

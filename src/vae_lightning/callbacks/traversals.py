@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
@@ -30,12 +31,12 @@ class LatentTraversals(VisualCallback):
 
     def __init__(
         self,
-        num_dims: int = 10,
-        num_steps: int = 11,
-        limit: float = 3.0,
-        image_index: int = 0,
-        num_images: int = 256,
-        every_n_epochs: int = 1,
+        num_dims: PositiveInt = 10,
+        num_steps: PositiveInt = 11,
+        limit: PositiveFloat = 3.0,
+        image_index: NonNegativeInt = 0,
+        num_images: PositiveInt = 256,
+        every_n_epochs: PositiveInt = 1,
     ) -> None:
         if not 0 <= image_index < num_images:
             raise ValueError(

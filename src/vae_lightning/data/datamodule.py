@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
+from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import PILToTensor
@@ -16,6 +17,7 @@ from torchvision.transforms import PILToTensor
 from vae_lightning.data.checksums import verify_checksum
 from vae_lightning.data.idx import DataFileError, read_image_label_pair
 from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
+from vae_lightning.param_types import ImageShape, Seed
 
 # Our dataset names -> torchvision class names (which also name torchvision's raw folders).
 TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -125,16 +127,16 @@ class MNISTDataModule(L.LightningDataModule):
         root: str = "data",
         search_dirs: list[str] | None = None,
         download: bool = True,
-        val_size: int = 5000,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
+        val_size: PositiveInt = 5000,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 1000,
         binarize: Binarize = "dynamic",
         loader: Literal["tensor", "torch"] = "tensor",
-        num_workers: int = 0,
-        seed: int = 0,
-        split_seed: int = 42,
+        num_workers: NonNegativeInt = 0,
+        seed: Seed = 0,
+        split_seed: Seed = 42,
         transform: Any = None,
-        image_shape: tuple[int, int, int] = (1, 28, 28),
+        image_shape: ImageShape = (1, 28, 28),
         verify_checksums: bool = True,
     ) -> None:
         super().__init__()

@@ -60,8 +60,7 @@ class ConvDecoder(nn.Module):
         if tuple(image_shape[1:]) != (28, 28) or len(channels) != 3:
             raise ValueError(
                 f"ConvDecoder supports 28x28 images with 3 conv stages, got image_shape="
-                f"{tuple(image_shape)} and channels={tuple(channels)}; use model=mlp for "
-                "other shapes."
+                f"{tuple(image_shape)} and channels={tuple(channels)}."
             )
         top, mid, low = channels[::-1]  # 64, 32, 16
         self.seed_shape = (top, 4, 4)

@@ -3,6 +3,8 @@ Gaussian-quantile grid and a PCA projection. Pure torch, no Lightning."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -34,6 +36,7 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 
 
 INTERPOLATIONS = {"linear": lerp, "spherical": slerp}
+Interpolation = Literal[tuple(INTERPOLATIONS)]  # the names above, as a type
 
 
 def traversal_latents(mu: Tensor, dims: list[int], values: Tensor) -> Tensor:

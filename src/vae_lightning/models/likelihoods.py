@@ -14,11 +14,14 @@ Which data goes with which likelihood:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveFloat
 from torch import Tensor, nn
+
+from vae_lightning.param_types import ImageShape
 
 IMAGE_DIMS = (-3, -2, -1)  # (C, H, W): summed over, everything in front is batch
 LOG_2PI = math.log(2 * math.pi)
@@ -26,6 +29,9 @@ LOG_2PI = math.log(2 * math.pi)
 
 class Likelihood(nn.Module):
     """Base class: ``log_prob(logits, x)`` per image and ``mean(logits)`` = E[x|z]."""
+
+    # The data it is a likelihood of: 0/1 pixels (True) or grey levels in [0, 1] (False).
+    expects_binary: bool
 
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -36,6 +42,8 @@ class Likelihood(nn.Module):
 
 class Bernoulli(Likelihood):
     """Binary pixels with probabilities sigmoid(logits) (Kingma & Welling, 2014)."""
+
+    expects_binary = True
 
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
         logits = logits.float()
@@ -92,6 +100,8 @@ class ContinuousBernoulli(Likelihood):
     the paper's x log lambda + (1 - x) log(1 - lambda) + log C(lambda).
     """
 
+    expects_binary = False
+
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
         eta = logits.float()
         per_pixel = eta * x.float() - continuous_bernoulli_log_partition(eta)
@@ -117,24 +127,18 @@ class Gaussian(Likelihood):
     std towards 0 and the density towards infinity.
     """
 
+    expects_binary = False
+
     def __init__(
         self,
-        image_shape: Sequence[int],
-        std: float = 0.1,
-        variance: str = "fixed",
-        min_std: float = 0.01,
+        image_shape: ImageShape,
+        std: PositiveFloat = 0.1,
+        variance: Literal["fixed", "learned"] = "fixed",
+        min_std: PositiveFloat = 0.01,
     ) -> None:
         super().__init__()
-        if variance not in ("fixed", "learned"):
-            raise ValueError(
-                f"likelihood.variance={variance!r}: choose 'fixed' (one std for all pixels, "
-                "likelihood.std) or 'learned' (one learned std per pixel)."
-            )
-        if not 0 < min_std <= std:
-            raise ValueError(
-                f"likelihood.std={std} and likelihood.min_std={min_std} must satisfy "
-                "0 < min_std <= std."
-            )
+        if not min_std <= std:
+            raise ValueError(f"std={std} is below its floor min_std={min_std}: lower min_std.")
         self.variance, self.min_std = variance, min_std
         log_std = torch.full(tuple(image_shape), math.log(std))
         if variance == "learned":

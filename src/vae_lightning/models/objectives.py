@@ -13,6 +13,7 @@ the global step (so it survives a resume):
 
 from __future__ import annotations
 
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import Tensor
 
 from vae_lightning.models.diagnostics import kl_per_dimension
@@ -35,15 +36,15 @@ class KLSchedule:
     def __init__(self, kl_warmup_steps: int = 0, cycle_steps: int = 0) -> None:
         if kl_warmup_steps < 0 or cycle_steps < 0:
             raise ValueError(
-                f"objective.kl_warmup_steps={kl_warmup_steps} and objective.cycle_steps="
-                f"{cycle_steps} must be >= 0 (0 turns them off)."
+                f"kl_warmup_steps={kl_warmup_steps} and cycle_steps={cycle_steps} must be "
+                ">= 0 (0 turns them off)."
             )
         if cycle_steps and not 0 < kl_warmup_steps <= cycle_steps:
             raise ValueError(
-                f"objective.cycle_steps={cycle_steps} restarts the KL warm-up every "
-                f"{cycle_steps} steps, so it needs 0 < objective.kl_warmup_steps <= "
-                f"cycle_steps (got {kl_warmup_steps}); Fu et al. (2019) ramp for half of "
-                f"each cycle: objective.kl_warmup_steps={cycle_steps // 2}."
+                f"cycle_steps={cycle_steps} restarts the KL warm-up every {cycle_steps} "
+                f"steps, so it needs 0 < kl_warmup_steps <= cycle_steps (got "
+                f"{kl_warmup_steps}); Fu et al. (2019) ramp for half of each cycle: "
+                f"kl_warmup_steps={cycle_steps // 2}."
             )
         self.kl_warmup_steps, self.cycle_steps = kl_warmup_steps, cycle_steps
 
@@ -68,10 +69,11 @@ class ELBO:
     """
 
     def __init__(
-        self, kl_warmup_steps: int = 0, cycle_steps: int = 0, free_bits: float = 0.0
+        self,
+        kl_warmup_steps: NonNegativeInt = 0,
+        cycle_steps: NonNegativeInt = 0,
+        free_bits: NonNegativeFloat = 0.0,
     ) -> None:
-        if free_bits < 0:
-            raise ValueError(f"objective.free_bits={free_bits} must be >= 0 (nats per latent).")
         self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
         self.free_bits = free_bits
 
@@ -93,9 +95,12 @@ class IWAE:
     :class:`ELBO`. With k = 1 the loss is the ELBO with a Monte-Carlo KL estimate.
     """
 
-    def __init__(self, k: int = 5, kl_warmup_steps: int = 0, cycle_steps: int = 0) -> None:
-        if k < 1:
-            raise ValueError(f"objective.k={k}: the IWAE bound needs at least one sample.")
+    def __init__(
+        self,
+        k: PositiveInt = 5,
+        kl_warmup_steps: NonNegativeInt = 0,
+        cycle_steps: NonNegativeInt = 0,
+    ) -> None:
         self.k = k
         self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import torch
+from annotated_types import Len
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from vae_lightning.models.decoders import ConvDecoder, MLPDecoder
 from vae_lightning.models.encoders import ConvEncoder, MLPEncoder
+from vae_lightning.param_types import ImageShape
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+Activation = Literal[tuple(ACTIVATIONS)]  # the names above, as a type the config check reads
 
 
 class VAEOutput(NamedTuple):
@@ -73,14 +77,15 @@ WEIGHT_INITS: dict[str, Callable[[nn.Module], None]] = {
     "xavier": init_xavier,
     "pytorch": keep_pytorch_init,
 }
+WeightInit = Literal[tuple(WEIGHT_INITS)]
 
 
 def mlp_vae(
-    image_shape: Sequence[int],
-    latent_dim: int = 20,
-    hidden_dims: Sequence[int] = (400,),
-    activation: str = "relu",
-    init: str = "pytorch",
+    image_shape: ImageShape,
+    latent_dim: PositiveInt = 20,
+    hidden_dims: Sequence[PositiveInt] = (400,),
+    activation: Activation = "relu",
+    init: WeightInit = "pytorch",
 ) -> VAE:
     """Fully connected VAE; the defaults are Kingma & Welling's 784-400-20."""
     act = ACTIVATIONS[activation]
@@ -92,11 +97,11 @@ def mlp_vae(
 
 
 def conv_vae(
-    image_shape: Sequence[int],
-    latent_dim: int = 32,
-    channels: Sequence[int] = (16, 32, 64),
-    hidden_dim: int = 256,
-    init: str = "pytorch",
+    image_shape: ImageShape,
+    latent_dim: PositiveInt = 32,
+    channels: Annotated[Sequence[PositiveInt], Len(3, 3)] = (16, 32, 64),
+    hidden_dim: PositiveInt = 256,
+    init: WeightInit = "pytorch",
 ) -> VAE:
     """The reference convolutional VAE: conv 16/32/64, BatchNorm, ELU, 256 hidden units."""
     encoder = ConvEncoder(image_shape, channels, hidden_dim, latent_dim)

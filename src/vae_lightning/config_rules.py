@@ -1,0 +1,173 @@
+"""The rules no single component can check: those that cross config groups, those that need
+the machine, and the few limits we put on third-party classes beyond their own checks.
+
+Each component checks its own parameters (its typed signature, then its constructor; see
+config_checks.py). What is here relates two groups (the likelihood and the data's
+binarization, the model and the data's image shape) or a group and the machine
+(``trainer.devices``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import lightning as L
+import torch
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+# ------------------------------------------------------------------ third-party classes
+# Declared as typed signatures, so the same checker reads them as it reads our components'.
+
+
+def optimizer_limits(
+    lr: PositiveFloat = 1e-3,
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+    weight_decay: NonNegativeFloat = 0.0,
+    **others: Any,
+) -> None:
+    """What any torch.optim optimizer needs beyond its own checks: torch accepts lr=0 (which
+    never moves) and momentum >= 1 (which diverges)."""
+
+
+def trainer_limits(
+    max_epochs: Annotated[int, Field(ge=-1)] | None = None,
+    gradient_clip_val: NonNegativeFloat | None = None,
+    log_every_n_steps: PositiveInt = 50,
+    check_val_every_n_epoch: PositiveInt | None = 1,
+    **others: Any,
+) -> None:
+    """Trainer keys Lightning checks only once it runs, minutes in (or not at all)."""
+
+
+THIRD_PARTY_LIMITS: dict[type, Any] = {
+    torch.optim.Optimizer: optimizer_limits,
+    L.Trainer: trainer_limits,
+}
+
+
+def limits_of(cls: type) -> Any | None:
+    """The limits declared above for ``cls`` (or a base class of it), if any."""
+    matching = (limits for base, limits in THIRD_PARTY_LIMITS.items() if issubclass(cls, base))
+    return next(matching, None)
+
+
+# ------------------------------------------------------------------ likelihood <-> data
+
+
+def likelihood_data_mismatch(likelihood: type, binarize: str) -> str | None:
+    """A warning when the likelihood is not a density of the data the binarization gives.
+
+    Decided by the likelihood class's ``expects_binary``; a class without it gets no warning.
+    A warning, not an error: such a run trains, its bounds just bound no density.
+    """
+    expects_binary = getattr(likelihood, "expects_binary", None)
+    binarized = binarize != "none"
+    name = likelihood.__name__
+    if expects_binary is True and not binarized:
+        return (
+            f"likelihood {name} on grey levels (data.binarize=none): BCE on intensities is "
+            "not a normalised likelihood, so val/elbo and test/nll_iwae bound no density. Use "
+            "data.binarize=dynamic, or likelihood=continuous_bernoulli for grey levels."
+        )
+    if expects_binary is False and binarized:
+        return (
+            f"likelihood {name} is a density for grey levels but data.binarize={binarize}: "
+            "on 0/1 pixels it is unbounded. Use data.binarize=none."
+        )
+    return None
+
+
+# ------------------------------------------------------------------ model <-> data
+
+
+def model_output_problem(model: torch.nn.Module, image_shape: list[int]) -> str | None:
+    """Run a batch of zeros of ``image_shape`` through ``model``; a problem if it gives not one
+    value per pixel. Exceptions propagate: the caller reports them with both shapes."""
+    x = torch.zeros(2, *image_shape)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model.eval()
+        out = model(x)
+        model.train()
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor) and tuple(logits.shape) != tuple(x.shape):
+        return (
+            f"turns images of data.image_shape={list(image_shape)} into outputs of shape "
+            f"{tuple(logits.shape[1:])}; the decoder must give one value per pixel."
+        )
+    return None
+
+
+# ------------------------------------------------------------------ trainer <-> machine
+
+
+def available_devices(accelerator: str) -> tuple[str, int] | None:
+    """What ``accelerator`` resolves to here and how many such devices there are.
+
+    ``auto`` resolves as Lightning does (CUDA, else MPS, else CPU). On CPU a "device" is a
+    process, so the limit is the number of cores this process may use. None when unknown
+    (TPU and other accelerators: Lightning checks those itself).
+    """
+    if accelerator == "auto":
+        if torch.cuda.is_available():
+            accelerator = "cuda"
+        elif torch.backends.mps.is_available():
+            accelerator = "mps"
+        else:
+            accelerator = "cpu"
+    if accelerator in ("gpu", "cuda"):
+        return "CUDA GPU", torch.cuda.device_count()
+    if accelerator == "mps":
+        return "MPS device", int(torch.backends.mps.is_available())
+    if accelerator == "cpu":
+        cores = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        )
+        return "CPU core", cores or 1
+    return None
+
+
+def requested_devices(devices: Any) -> int | None:
+    """How many devices ``trainer.devices`` asks for; None for 'auto' and -1 (all)."""
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if "," in devices:
+            return len([part for part in devices.split(",") if part.strip()])
+        if not devices.lstrip("-").isdigit():
+            return None
+        devices = int(devices)
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices != -1:
+        return devices
+    return None
+
+
+def device_problems(devices: Any, accelerator: str) -> list[str]:
+    """``trainer.devices`` against what this machine has for ``trainer.accelerator``."""
+    count = requested_devices(devices)
+    if count is not None and count < 1:
+        return [
+            f"trainer.devices={devices!r} is invalid: use a count >= 1, a list of ids, or auto."
+        ]
+    found = available_devices(accelerator)
+    if count is None or found is None:
+        return []
+    kind, available = found
+    # An explicit accelerator=cpu may run more processes than cores (DDP debugging on a
+    # laptop); `auto` asking for more CPU processes than cores almost surely meant GPUs.
+    if kind == "CPU core" and accelerator == "cpu" or count <= available:
+        return []
+    picked = f"trainer.accelerator={accelerator}" + (
+        f" picks the {kind}s" if accelerator == "auto" else ""
+    )
+    return [
+        f"trainer.devices={devices!r} asks for {count} devices, but this machine has "
+        f"{available} {kind}{'' if available == 1 else 's'} ({picked}). Use "
+        f"trainer.devices={max(available, 1)} or fewer"
+        + (
+            ", or trainer=cpu to run that many CPU processes anyway."
+            if kind == "CPU core"
+            else "."
+        )
+    ]
