@@ -99,7 +99,7 @@ def test_defaults_are_the_measured_best_and_the_reference_design_is_an_experimen
 def test_callbacks_and_logger_instantiate(compose_train):
     cfg = compose_train()
     names = {type(c).__name__ for c in instantiate_named(cfg.callbacks)}
-    assert {"ModelCheckpoint", "ReconstructionsAndSamples", "RichProgressBar"} <= names
+    assert {"RunDirCheckpoint", "ReconstructionsAndSamples", "RichProgressBar"} <= names
     assert [type(x).__name__ for x in instantiate_named(cfg.logger)] == ["TensorBoardLogger"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from helpers.data import idx_data
 from helpers.paths import PROJECT_ROOT
 from helpers.runs import compose_config
 from vae_lightning.checkpoints import atomic_torch_save
+from vae_lightning.errors import UserError
 from vae_lightning.run_dir import ResumeError, expand_resume, quote
 from vae_lightning.train import train
 
@@ -188,6 +190,52 @@ def test_resume_errors_say_what_to_do(fake_run, break_it, message):
         extra = ["-m"]
     with pytest.raises(ResumeError, match=message):
         expand_resume([*extra, f"resume={target}"])
+
+
+# --------------------------------------------------- a run dir moved, a finished run
+def test_run_dir_moved_after_an_interrupt_resumes_in_place(tmp_path, idx_root, uninterrupted):
+    """Clusters run on scratch and users copy runs home: interrupted, moved, resumed from the
+    new place, the run continues its own last.ckpt (not a last-v1.ckpt beside a stale one)
+    and ends bit for bit where the uninterrupted run does."""
+    from hydra import initialize_config_dir
+
+    from helpers.paths import CONF_DIR
+
+    scratch, home = tmp_path / "scratch", tmp_path / "home"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with pytest.raises(SystemExit):
+            train(compose_config(scratch, idx_root, [*SMALL_RUN, *signal_at(13, signal.SIGTERM)]))
+        shutil.move(scratch, home)
+        last = home / "checkpoints" / "last.ckpt"
+        train(compose_config(home, idx_root, [*SMALL_RUN, f"ckpt_path={last}"]))
+    assert sorted(p.name for p in (home / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
+    assert_same_run(home, uninterrupted)
+
+
+def test_finished_run_moved_and_extended_tests_its_best_checkpoint_in_the_new_place(
+    tmp_path, idx_root, uninterrupted
+):
+    from hydra import initialize_config_dir
+
+    from helpers.paths import CONF_DIR
+
+    home = tmp_path / "home"
+    shutil.copytree(uninterrupted, home)
+    last = home / "checkpoints" / "last.ckpt"
+    more = [*SMALL_RUN, "trainer.max_epochs=3", "test=true", "test_iwae_k=0"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        metrics = train(compose_config(home, idx_root, [*more, f"ckpt_path={last}"]))
+        assert "test/elbo" in metrics  # the best checkpoint was found (it moved with the run)
+        resumed = torch.load(last, weights_only=True)
+        assert resumed["global_step"] == TOTAL_STEPS + STEPS_PER_EPOCH
+        state = next(v for k, v in resumed["callbacks"].items() if k.startswith("ModelCheckpoint"))
+        assert Path(state["best_model_path"]).parent == home / "checkpoints"
+        assert not list((home / "checkpoints").glob("last-v*.ckpt"))
+        # Finished: resuming with no more epochs to train says so, and writes nothing.
+        before = {p: p.stat().st_mtime_ns for p in home.rglob("*") if p.is_file()}
+        with pytest.raises(UserError, match="already trained 3 epochs and trainer.max_epochs=3"):
+            train(compose_config(home, idx_root, [*more, f"ckpt_path={last}"]))
+        assert {p: p.stat().st_mtime_ns for p in home.rglob("*") if p.is_file()} == before
 
 
 # --------------------------------------------------- real processes, really killed

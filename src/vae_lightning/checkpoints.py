@@ -134,3 +134,50 @@ def checkpoint_dir(trainer: Trainer) -> Path:
     if isinstance(callback, ModelCheckpoint) and callback.dirpath:
         return Path(callback.dirpath)
     return RunLayout(trainer.default_root_dir).checkpoint_dir
+
+
+class RunDirCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose bookkeeping follows the run dir when it moves.
+
+    ModelCheckpoint stores absolute paths (its folder, the best and last files). A run dir
+    moved or copied (scratch to home, then ``vae-train resume=<new place>``) comes back with a
+    new folder, and Lightning then drops the bookkeeping but keeps the old ``best_model_path``:
+    new progress went to ``last-v1.ckpt`` while ``last.ckpt`` stayed behind (a second resume
+    went back in time), and the test phase looked for the best checkpoint at the old place.
+    Paths under the saved folder are re-rooted under the current one before Lightning loads
+    them, so the run continues as if it had never moved.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # The state is ModelCheckpoint's, stored under its name, so runs saved by plain
+        # ModelCheckpoint (vae-lightning 0.1) resume with their bookkeeping, and vice versa.
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath:
+            state_dict = rerooted_state(state_dict, Path(saved), Path(self.dirpath))
+        super().load_state_dict(state_dict)
+
+
+def rerooted_state(state: dict[str, Any], old: Path, new: Path) -> dict[str, Any]:
+    """ModelCheckpoint's state with every path under ``old`` moved under ``new``."""
+
+    def move(path: Any) -> Any:
+        if not path:
+            return path
+        try:
+            return str(new / Path(path).relative_to(old))
+        except ValueError:  # not under the old folder: leave it as it is
+            return path
+
+    moved = dict(state, dirpath=str(new))
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in moved:
+            moved[key] = move(moved[key])
+    if moved.get("best_k_models"):
+        moved["best_k_models"] = {
+            move(path): score for path, score in moved["best_k_models"].items()
+        }
+    return moved

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from vae_lightning.checkpoints import load_checkpoint
 from vae_lightning.config_checks import build_checked_model, check_config
 from vae_lightning.configs import CONFIG_PATH
-from vae_lightning.errors import report_user_errors
+from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
 from vae_lightning.run_dir import accepts_resume, save_run_record
@@ -45,7 +45,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     check_config(cfg)  # and warns when the likelihood does not fit the data
     # A corrupt checkpoint fails here with a clear message rather than inside Lightning.
-    resume_step = load_checkpoint(cfg.ckpt_path)["global_step"] if cfg.get("ckpt_path") else None
+    resume_step = None
+    if cfg.get("ckpt_path"):
+        checkpoint = load_checkpoint(cfg.ckpt_path)
+        refuse_finished_run(checkpoint, cfg)
+        resume_step = checkpoint["global_step"]
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     model = build_checked_model(
@@ -81,6 +85,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("report"):
         write_report_after_training(trainer, Path(cfg.paths.output_dir))
     return metrics
+
+
+def refuse_finished_run(checkpoint: dict[str, Any], cfg: DictConfig) -> None:
+    """A checkpoint that has trained ``trainer.max_epochs`` epochs has nothing left to train:
+    say so, and how to train it further, instead of re-running the test phase (or Lightning's
+    error when max_epochs is now smaller)."""
+    max_epochs = cfg.trainer.get("max_epochs")
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    trained = progress.get("current", {}).get("processed")
+    if max_epochs is None or max_epochs < 0 or trained is None or trained < max_epochs:
+        return
+    raise UserError(
+        f"The checkpoint {cfg.ckpt_path} has already trained {trained} epochs and "
+        f"trainer.max_epochs={max_epochs}, so there is nothing left to train and nothing was "
+        f"written. To train it further, resume with more epochs, e.g. `vae-train resume=... "
+        f"trainer.max_epochs={trained + 10}`; to evaluate it, `vae-eval ckpt_path="
+        f"{cfg.ckpt_path}`."
+    )
 
 
 def instantiate_loggers(group: DictConfig | None, resume_step: int | None) -> list[Any]:
