@@ -15,6 +15,7 @@ from test_sweeps import output
 from helpers.data import idx_data
 from helpers.paths import CONF_DIR
 from helpers.runs import run_module, vae_train
+from vae_lightning.checkpoints import CheckpointError
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.errors import ConfigError
@@ -151,6 +152,13 @@ def test_bad_invocations_say_what_to_do(trained_run, evaluate_in_process, overri
     ckpt = str(trained_run / "checkpoints" / "last.ckpt")
     with pytest.raises(EvaluationError, match=match):
         evaluate_in_process([o.replace("RUN", ckpt) for o in overrides])
+
+
+def test_a_truncated_checkpoint_is_named_as_such(trained_run, evaluate_in_process, tmp_path):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        evaluate_in_process([f"ckpt_path={truncated}"])
 
 
 def test_bad_eval_settings_are_listed_together(trained_run, evaluate_in_process):

@@ -30,6 +30,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from rich.console import Console
 from rich.table import Table
 
+from vae_lightning.checkpoints import load_checkpoint
 from vae_lightning.config_checks import config_error
 from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
@@ -204,6 +205,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise EvaluationError(f"ckpt_path={ckpt_path}: no such file.")
+    load_checkpoint(ckpt_path)  # truncated, corrupt or not a checkpoint: a clear CheckpointError
     data = data_config(cfg, list(HydraConfig.get().overrides.task))
     settings = OmegaConf.to_container(cfg.eval, resolve=True)
     check_eval_settings(settings, get_object(data["_target_"]))
