@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning.models.vae import ACTIVATIONS, WEIGHT_INITS
+from vae_lightning.seeding import forked_rng
 
 
 class ConfigError(ValueError):
@@ -324,7 +325,7 @@ def build_checked_model(
         if shape is _ABSENT:
             return model
         x = torch.zeros(2, *shape)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with forked_rng(), torch.no_grad():
             model.eval()
             out = model(x)
             model.train()

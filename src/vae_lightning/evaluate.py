@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vae_lightning.lit_module import EVAL_SEED, VAELitModule
+from vae_lightning.lit_module import VAELitModule
+from vae_lightning.seeding import EVAL_SEED
 from vae_lightning.train import CONFIG_PATH
 
 SPLITS = ("test", "val")

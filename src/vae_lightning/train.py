@@ -26,6 +26,7 @@ from vae_lightning.data.idx import DataFileError
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
 from vae_lightning.run_dir import accepts_resume, save_run_record
+from vae_lightning.seeding import seed_everything
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warn_if_likelihood_mismatches_data(cfg)
     # A corrupt checkpoint fails here with a clear message rather than inside Lightning.
     resume_step = load_checkpoint(cfg.ckpt_path)["global_step"] if cfg.get("ckpt_path") else None
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed_everything(cfg.get("seed"))
     model = build_checked_model(
         cfg,
         lambda: instantiate(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-import torch
 from torch import Tensor, nn
 
+from vae_lightning.models import gaussian
 from vae_lightning.models.decoders import ConvDecoder, MLPDecoder
 from vae_lightning.models.encoders import ConvEncoder, MLPEncoder
 
@@ -15,7 +15,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "el
 
 
 class VAEOutput(NamedTuple):
-    logits: Tensor  # decoder output: Bernoulli logits per pixel, shaped like x
+    logits: Tensor  # decoder output: the likelihood's parameter per pixel, shaped like x
     mu: Tensor  # posterior mean, (batch, latent_dim)
     logvar: Tensor  # posterior log-variance, (batch, latent_dim)
     z: Tensor  # the reparameterised sample that was decoded
@@ -36,7 +36,7 @@ class VAE(nn.Module):
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
         """z = mu + sigma * eps with eps ~ N(0, I): a sample differentiable in mu and logvar."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return gaussian.sample(mu, logvar)
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
