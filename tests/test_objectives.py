@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
+from helpers.oracles import elbo_terms
 from vae_lightning.models import mlp_vae
 from vae_lightning.models.likelihoods import Bernoulli, ContinuousBernoulli
-from vae_lightning.models.losses import elbo_terms
 from vae_lightning.models.objectives import ELBO, IWAE, KLSchedule
 
 
