@@ -146,3 +146,15 @@ def test_bad_objectives_are_rejected():
         IWAE(k=0)
     with pytest.raises(ValueError, match="free_bits"):
         ELBO(free_bits=-1)
+
+
+@pytest.mark.parametrize("objective", [ELBO(free_bits=0.1), IWAE(k=3)], ids=["elbo", "iwae"])
+def test_a_given_posterior_gives_the_same_numbers(net, images, objective):
+    """The test step encodes once and hands (mu, logvar) over: nothing may change."""
+    torch.manual_seed(9)
+    encoded_inside = objective(net, Bernoulli(), images, kl_weight=0.5)
+    posterior = net.encode(images)
+    torch.manual_seed(9)
+    handed_over = objective(net, Bernoulli(), images, kl_weight=0.5, posterior=posterior)
+    for inside, given in zip(encoded_inside, handed_over, strict=True):
+        assert torch.equal(inside, given)
