@@ -60,10 +60,10 @@ from torch import Tensor, nn
 from vae_lightning.configs import CONFIG_PATH, compose_as_launched
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.evaluate import evaluate_checkpoint
+from vae_lightning.models import gaussian
 from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import iwae_log_likelihood
 from vae_lightning.models.likelihoods import Bernoulli
-from vae_lightning.models.losses import gaussian_kl
 from vae_lightning.train import train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def evaluate_peer(
         mu, logvar = model.encode(x)
         eps = torch.randn(mu.shape, generator=generator, device=device)
         z = mu + torch.exp(0.5 * logvar) * eps
-        elbos.append(log_px_given_z(z[None], x)[0] - gaussian_kl(mu, logvar))
+        elbos.append(log_px_given_z(z[None], x)[0] - gaussian.kl_standard_normal(mu, logvar))
         means.append(mu)
         grey = test_grey[first : first + 500].to(device).float() / 255
         recon, mu_grey, logvar_grey = model(grey)

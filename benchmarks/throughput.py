@@ -88,7 +88,8 @@ def read_train_images(root: Path) -> torch.Tensor:
 # ------------------------------------------------------------------------------ path a
 def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from vae_lightning.models import conv_vae, mlp_vae
-    from vae_lightning.models.losses import elbo_terms
+    from vae_lightning.models.likelihoods import Bernoulli
+    from vae_lightning.models.objectives import ELBO
 
     torch.manual_seed(args.seed)
     images = read_train_images(args.data_root)[: -args.val_size].to(device)  # stays uint8
@@ -102,14 +103,14 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
     generator = torch.Generator().manual_seed(args.seed)
+    objective, likelihood = ELBO(), Bernoulli()  # the maths VAELitModule trains by default
 
     def train_step(index: torch.Tensor) -> None:
         # A function, like Lightning's closure: the step's tensors are freed when it returns
         # instead of living on into the next step (which changes CPU allocator behaviour).
         x = torch.bernoulli(images[index].float().div_(255))
         with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-            out = model(x)
-            loss = elbo_terms(out.logits, x, out.mu, out.logvar, beta=1.0).loss
+            loss = objective(model, likelihood, x, kl_weight=1.0).loss
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vae_lightning.callbacks import NonFiniteLossError
 from vae_lightning.lit_module import VAELitModule
-from vae_lightning.models.losses import elbo_terms
+from vae_lightning.models.likelihoods import Bernoulli
+from vae_lightning.models.objectives import ELBO, IWAE
 from vae_lightning.train import instantiate_named, train
 
 QUIET = ["~callbacks.progress_bar", "~callbacks.images", "~logger", "test=false"]
@@ -63,16 +64,22 @@ def test_gpu_trainer_config_is_tuned_for_speed(compose_train):
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.benchmark is True
 
 
-def test_bf16_autocast_keeps_the_loss_terms_in_float32():
-    """Summing 784 bf16 values would be off by whole nats; the terms must be float32 sums."""
+def bf16_net_and_images() -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     net = instantiate(
         {"_target_": "vae_lightning.models.mlp_vae", "image_shape": [1, 28, 28]}, latent_dim=20
     )
-    x = torch.rand(64, 1, 28, 28).bernoulli()
+    return net, torch.rand(64, 1, 28, 28).bernoulli()
+
+
+def test_bf16_autocast_keeps_the_loss_terms_in_float32():
+    """Summing 784 bf16 values would be off by whole nats; the terms must be float32 sums."""
+    net, x = bf16_net_and_images()
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        terms = ELBO()(net, Bernoulli(), x, kl_weight=1.0)
+        torch.manual_seed(1)  # the same draw: the network outputs the objective saw
         out = net(x)
-        terms = elbo_terms(out.logits, x, out.mu, out.logvar, beta=1.0)
     assert out.logits.dtype == torch.bfloat16  # autocast is really on
     assert all(term.dtype == torch.float32 for term in terms)
     # Reference: the same bf16 network outputs, reduced in float64.
@@ -83,6 +90,15 @@ def test_bf16_autocast_keeps_the_loss_terms_in_float32():
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
     assert terms.rec.item() == pytest.approx(rec.sum((1, 2, 3)).mean().item(), abs=1e-3)
     assert terms.kl.item() == pytest.approx(kl.sum(1).mean().item(), abs=1e-4)
+
+
+def test_bf16_autocast_keeps_the_iwae_weights_in_float32():
+    """The importance samples are drawn and weighed in float32 (decoded in bf16)."""
+    net, x = bf16_net_and_images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = IWAE(k=3)(net, Bernoulli(), x, kl_weight=1.0)
+    assert all(term.dtype == torch.float32 for term in terms)
+    assert torch.isfinite(torch.stack(list(terms))).all()
 
 
 def test_bf16_mixed_training_runs_end_to_end(compose_train):

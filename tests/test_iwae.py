@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
+from helpers.oracles import gaussian_kl
 from vae_lightning.models.iwae import (
     bits_per_dim,
     iwae_bound,
     iwae_log_likelihood,
     log_importance_weights,
 )
-from vae_lightning.models.losses import gaussian_kl
 
 DX, DZ, SIGMA, N = 6, 3, 0.5, 200
 
@@ -64,7 +64,7 @@ def test_exact_posterior_makes_every_weight_log_px(model, data):
     for k in (1, 7, 100):
         estimate = iwae_log_likelihood(x, mu, logvar, model.log_px_given_z, k, 30, gen)
         torch.testing.assert_close(estimate, log_px, atol=1e-9, rtol=0)
-    # The same with the closed-form KL of losses.py: E_q[log p(x|z)] - KL(q || p) = log p(x).
+    # The same with the closed-form KL: E_q[log p(x|z)] - KL(q || p) = log p(x).
     mc_rec = log_lik.mean(0)  # 50 samples; its variance is Var of the reconstruction term
     elbo = mc_rec - gaussian_kl(mu, logvar)
     standard_error = log_lik.std(0) / math.sqrt(50)

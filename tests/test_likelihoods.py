@@ -7,6 +7,7 @@ import torch
 from torch.distributions import ContinuousBernoulli as TorchCB
 from torch.distributions import Normal
 
+from helpers.oracles import bernoulli_nll
 from vae_lightning.models.likelihoods import (
     CB_TAYLOR_CUTOFF,
     Bernoulli,
@@ -14,7 +15,6 @@ from vae_lightning.models.likelihoods import (
     Gaussian,
     continuous_bernoulli_log_normalizer,
 )
-from vae_lightning.models.losses import bernoulli_nll
 from vae_lightning.signatures import argument_problems
 
 # Logits from lambda = 0.5 exactly, through lambda = 0.5 +- 2.5e-7 and around the Taylor cutoff,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
+from helpers.oracles import elbo_terms
 from vae_lightning.models import mlp_vae
 from vae_lightning.models.likelihoods import Bernoulli, ContinuousBernoulli
-from vae_lightning.models.losses import elbo_terms
 from vae_lightning.models.objectives import ELBO, IWAE, KLSchedule
 from vae_lightning.signatures import argument_problems
 
@@ -145,3 +145,15 @@ def test_iwae_bound_is_tighter_than_the_elbo_on_average(net, images):
 def test_bad_objectives_are_rejected_by_their_signatures():
     assert [p.parameter for p in argument_problems(IWAE, {"k": 0})] == ["k"]
     assert [p.parameter for p in argument_problems(ELBO, {"free_bits": -1})] == ["free_bits"]
+
+
+@pytest.mark.parametrize("objective", [ELBO(free_bits=0.1), IWAE(k=3)], ids=["elbo", "iwae"])
+def test_a_given_posterior_gives_the_same_numbers(net, images, objective):
+    """The test step encodes once and hands (mu, logvar) over: nothing may change."""
+    torch.manual_seed(9)
+    encoded_inside = objective(net, Bernoulli(), images, kl_weight=0.5)
+    posterior = net.encode(images)
+    torch.manual_seed(9)
+    handed_over = objective(net, Bernoulli(), images, kl_weight=0.5, posterior=posterior)
+    for inside, given in zip(encoded_inside, handed_over, strict=True):
+        assert torch.equal(inside, given)

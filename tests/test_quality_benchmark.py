@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from helpers.oracles import elbo_terms
 from helpers.paths import FASHION_MNIST, PROJECT_ROOT
-from vae_lightning.models.losses import elbo_terms
 
 
 def load_quality():

@@ -16,6 +16,8 @@ import lightning as L
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
+from vae_lightning.seeding import forked_rng
+
 # ------------------------------------------------------------------ third-party classes
 # Declared as typed signatures, so the same checker reads them as it reads our components'.
 
@@ -85,7 +87,7 @@ def model_output_problem(model: torch.nn.Module, image_shape: list[int]) -> str 
     """Run a batch of zeros of ``image_shape`` through ``model``; a problem if it gives not one
     value per pixel. Exceptions propagate: the caller reports them with both shapes."""
     x = torch.zeros(2, *image_shape)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with forked_rng(), torch.no_grad():
         model.eval()
         out = model(x)
         model.train()

@@ -34,8 +34,9 @@ from vae_lightning.checkpoints import load_checkpoint
 from vae_lightning.config_checks import config_error
 from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
-from vae_lightning.lit_module import EVAL_SEED, VAELitModule
+from vae_lightning.lit_module import VAELitModule
 from vae_lightning.run_layout import RunLayout
+from vae_lightning.seeding import EVAL_SEED
 from vae_lightning.signatures import argument_problems
 
 # test: the official test split; val: the validation images held out of the training split.

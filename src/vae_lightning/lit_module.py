@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Any
 
 import lightning as L
@@ -14,16 +12,20 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
+from vae_lightning import seeding
 from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import bits_per_dim, iwae_log_likelihood
 from vae_lightning.models.likelihoods import Likelihood
-from vae_lightning.models.losses import ELBOTerms
-from vae_lightning.models.objectives import ELBO, IWAE, decoder_log_likelihood
+from vae_lightning.models.objectives import (
+    ELBO,
+    IWAE,
+    ELBOTerms,
+    Posterior,
+    decoder_log_likelihood,
+)
 from vae_lightning.models.vae import VAE, VAEOutput
 
 EVAL_STAGES = ("val", "test")
-EVAL_SEED = 0
-IWAE_STREAM = 10**9  # offsets the importance samples' seeds from the ELBO's
 TERMS = ELBOTerms._fields  # loss, rec, kl, elbo
 # Defaults for checkpoints written before likelihoods and objectives were configurable.
 BERNOULLI = {"_target_": "vae_lightning.models.likelihoods.Bernoulli"}
@@ -78,6 +80,7 @@ class VAELitModule(L.LightningModule):
             {f"{stage}_{term}": MeanMetric() for stage in EVAL_STAGES for term in TERMS}
         )
         self.test_nll_iwae = MeanMetric()
+        self.test_bits_per_dim = MeanMetric()
         self.test_posterior_means = CatMetric()  # E_q[z|x] of every test image, for active units
         self.last_train_values: dict[str, Tensor] = {}  # train/* of the latest training step
         self._checkpoint_step: int | None = None  # set when weights come from a checkpoint
@@ -114,50 +117,32 @@ class VAELitModule(L.LightningModule):
     def on_fit_end(self) -> None:
         self._checkpoint_step = None  # the weights are now those of the last step
 
-    # Evaluation draws its z samples from a fixed seed on a forked RNG, so val/test metrics
-    # depend on the weights only (a reloaded checkpoint reproduces them exactly) and the
-    # training RNG stream is left untouched.
+    # Evaluation draws from a forked RNG, seeded per batch (seeding.py says why and how).
     def _enter_eval_rng(self) -> None:
-        self._eval_rng = contextlib.ExitStack()
-        cuda = [self.device] if self.device.type == "cuda" else []
-        self._eval_rng.enter_context(torch.random.fork_rng(devices=cuda))
-        torch.manual_seed(EVAL_SEED)
+        self._eval_rng = seeding.fork_for_evaluation(self.device)
 
     def _exit_eval_rng(self) -> None:
         self._eval_rng.close()
 
-    on_validation_epoch_start = _enter_eval_rng
+    on_validation_epoch_start = on_test_epoch_start = _enter_eval_rng
     on_validation_epoch_end = _exit_eval_rng
-
-    on_test_epoch_start = _enter_eval_rng
 
     def on_test_epoch_end(self) -> None:
         self._exit_eval_rng()
-        if self.hparams.test_iwae_k:
-            self.log(
-                "test/bits_per_dim",
-                bits_per_dim(self.test_nll_iwae.compute(), self._pixels_per_image),
-            )
         self.log("test/active_units", float(active_units(self.test_posterior_means.compute())))
         self.test_posterior_means.reset()
 
-    # Each evaluation batch draws from a seed set by its number in the single-process order
-    # (rank r of N evaluates batches r, r + N, ... of it: data/loaders.py), so val/test metrics
-    # under DDP equal those of one process over the same split, to float tolerance.
     def eval_batch_seed(self, batch_idx: int) -> int:
-        return EVAL_SEED + batch_idx * self.trainer.world_size + self.global_rank
+        return seeding.eval_batch_seed(batch_idx, self.trainer.world_size, self.global_rank)
 
     def seed_eval_batch(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        torch.manual_seed(self.eval_batch_seed(batch_idx))
+        seeding.seed_eval_batch(batch_idx, self.trainer.world_size, self.global_rank)
 
     on_validation_batch_start = on_test_batch_start = seed_eval_batch
 
     def setup(self, stage: str) -> None:
-        # seed_everything gave every DDP rank the same seed, hence the same binarization and
-        # reparameterisation noise on different images. Rank r draws from seed + r instead:
-        # distinct streams, still reproducible from the seed (rank 0 = a single process).
-        if stage == "fit" and (seed := os.environ.get("PL_GLOBAL_SEED")) is not None:
-            torch.manual_seed(int(seed) + self.global_rank)
+        if stage == "fit":
+            seeding.seed_training_stream(self.global_rank)
 
     def configure_model(self) -> None:
         # Called by fit/validate/test and by load_from_checkpoint, so reloaded models match.
@@ -168,10 +153,12 @@ class VAELitModule(L.LightningModule):
         if self.hparams.compile:
             self.net.compile()  # in place: parameter names, hence checkpoints, stay the same
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _shared_step(
+        self, batch: tuple[Tensor, Tensor], stage: str, posterior: Posterior | None = None
+    ) -> Tensor:
         images, _ = batch
         kl_weight = self.kl_weight
-        terms = self.objective(self.net, self.likelihood, images, kl_weight)
+        terms = self.objective(self.net, self.likelihood, images, kl_weight, posterior=posterior)
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
             values = {f"train/{name}": value.detach() for name, value in terms._asdict().items()}
@@ -219,14 +206,14 @@ class VAELitModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """The ELBO terms, plus the importance-weighted log p(x) and the posterior means.
 
-        The importance samples come from their own generator, seeded like the batch (so under
+        The batch is encoded once; the objective and the estimator share (mu, logvar). The
+        importance samples come from their own generator, seeded like the batch (so under
         DDP too, test/nll_iwae is that of one process) but on a stream apart from the ELBO's.
         """
-        self._shared_step(batch, "test")
         images, _ = batch
         mu, logvar = self.net.encode(images)
+        self._shared_step(batch, "test", posterior=(mu, logvar))
         self.test_posterior_means.update(mu.float())
-        self._pixels_per_image = images[0].numel()
         k = self.hparams.test_iwae_k
         if k:
             log_px = iwae_log_likelihood(
@@ -236,12 +223,14 @@ class VAELitModule(L.LightningModule):
                 lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x),
                 k=k,
                 chunk_rows=self.hparams.iwae_chunk_rows,
-                generator=torch.Generator(self.device).manual_seed(
-                    IWAE_STREAM + self.eval_batch_seed(batch_idx)
-                ),
+                generator=seeding.iwae_generator(self.device, self.eval_batch_seed(batch_idx)),
             )
             self.test_nll_iwae.update(-log_px)
             self.log("test/nll_iwae", self.test_nll_iwae, on_step=False, on_epoch=True)
+            # Per image, so the pixel count comes with each batch: the same mean as
+            # bits_per_dim(test/nll_iwae), all images having the same size.
+            self.test_bits_per_dim.update(bits_per_dim(-log_px, images[0].numel()))
+            self.log("test/bits_per_dim", self.test_bits_per_dim, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return instantiate(self.hparams.optimizer, params=self.parameters())

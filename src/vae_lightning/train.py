@@ -25,6 +25,7 @@ from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
 from vae_lightning.run_dir import accepts_resume, save_run_record
+from vae_lightning.seeding import seed_everything
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoint = load_checkpoint(cfg.ckpt_path)
         refuse_finished_run(checkpoint, cfg)
         resume_step = checkpoint["global_step"]
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed_everything(cfg.get("seed"))
     model = build_checked_model(
         cfg,
         lambda: instantiate(

@@ -7,7 +7,8 @@ import torch
 from pydantic import NonNegativeFloat, PositiveInt
 
 from vae_lightning.callbacks.base import VisualCallback, encode, is_due, tensorboard_writer
-from vae_lightning.models.diagnostics import ACTIVE_UNIT_THRESHOLD, active_units, kl_per_dimension
+from vae_lightning.models import gaussian
+from vae_lightning.models.diagnostics import ACTIVE_UNIT_THRESHOLD, active_units
 
 
 class PosteriorCollapse(VisualCallback):
@@ -45,7 +46,7 @@ class PosteriorCollapse(VisualCallback):
             count = active_units(mu, self.threshold)
             writer = tensorboard_writer(trainer)
             if writer is not None:
-                kl = kl_per_dimension(mu, logvar).cpu()
+                kl = gaussian.kl_standard_normal_per_dim(mu, logvar).mean(dim=0).cpu()
                 writer.add_histogram("val/kl_per_dim", kl, trainer.global_step)
         pl_module.log(
             "val/active_units", float(count), reduce_fx="sum", sync_dist=True, prog_bar=False

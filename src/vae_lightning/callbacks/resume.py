@@ -8,70 +8,27 @@ code 0*, so a scheduler sees success and the work since the last epoch is lost.
 
 from __future__ import annotations
 
-import random
 import signal
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae_lightning.checkpoints import checkpoint_dir
 from vae_lightning.run_layout import LAST_CHECKPOINT_NAME
+from vae_lightning.seeding import rng_states, set_rng_states
 
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def rng_states() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and Python RNG states as tensors, lists and numbers only,
-    so that checkpoints still load with ``torch.load(weights_only=True)``."""
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": str(name),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "python": list(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    numpy = states["numpy"]
-    np.random.set_state(
-        (
-            numpy["name"],
-            numpy["keys"].numpy().astype(np.uint32),
-            numpy["pos"],
-            numpy["has_gauss"],
-            numpy["cached_gaussian"],
-        )
-    )
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in states and torch.cuda.is_available():
-        if len(states["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        else:
-            rank_zero_warn("The checkpoint's CUDA RNG states are for another GPU count; not set.")
 
 
 class RNGStateCheckpoint(L.Callback):
     """Saves the RNG states in every checkpoint and puts them back when training resumes.
 
-    Under DDP each rank draws its own stream (lit_module.setup seeds rank r with seed + r), so
+    Under DDP each rank draws its own stream (seed + rank: seeding.seed_training_stream), so
     the states of all ranks are gathered into the checkpoint and each rank gets its own back.
 
     They are put back at ``on_train_start``: after the checkpoint is loaded and the train

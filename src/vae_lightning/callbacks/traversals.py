@@ -9,7 +9,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from vae_lightning.callbacks.base import VisualCallback, decode, encode
-from vae_lightning.models.diagnostics import kl_per_dimension
+from vae_lightning.models import gaussian
 from vae_lightning.models.latent import traversal_latents
 
 
@@ -51,7 +51,8 @@ class LatentTraversals(VisualCallback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter
     ) -> None:
         mu, logvar = encode(pl_module, self.images)
-        order = kl_per_dimension(mu, logvar).argsort(descending=True, stable=True)
+        kl_per_dim = gaussian.kl_standard_normal_per_dim(mu, logvar).mean(dim=0)
+        order = kl_per_dim.argsort(descending=True, stable=True)
         dims = order[: self.num_dims].tolist()
         values = torch.linspace(-self.limit, self.limit, self.num_steps)
         centre = mu[min(self.image_index, len(mu) - 1)]

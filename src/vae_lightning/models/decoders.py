@@ -1,4 +1,8 @@
-"""Decoders p(x|z): latent code -> per-pixel likelihood parameters (Bernoulli logits)."""
+"""Decoders p(x|z): latent code -> one likelihood parameter per pixel (the decoder output).
+
+What that output means (Bernoulli logits, continuous-Bernoulli natural parameters, Gaussian
+means before the sigmoid) is the likelihood's business: models/likelihoods.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from torch import Tensor, nn
 
 
 class MLPDecoder(nn.Module):
-    """latent -> hidden layers -> one logit per pixel, reshaped to the image."""
+    """latent -> hidden layers -> one output per pixel, reshaped to the image."""
 
     def __init__(
         self,
@@ -43,7 +47,7 @@ def deconv_block(in_channels: int, out_channels: int, output_padding: int) -> nn
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of ConvEncoder: latent -> hidden -> 64x4x4 -> 7 -> 14 -> 28, one logit per pixel.
+    """Mirror of ConvEncoder: latent -> hidden -> 64x4x4 -> 7 -> 14 -> 28, one output per pixel.
 
     Designed for 28x28 images (MNIST, Fashion-MNIST); the spatial sizes are fixed by the
     encoder's three stride-2 convolutions.

@@ -16,9 +16,3 @@ def posterior_mean_variance(posterior_means: Tensor) -> Tensor:
 def active_units(posterior_means: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """How many latent dimensions the encoder uses (Burda et al.'s active units)."""
     return int((posterior_mean_variance(posterior_means) > threshold).sum())
-
-
-def kl_per_dimension(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(q(z_d|x) || N(0, 1)) for each latent dimension d, averaged over the batch: (D,)."""
-    mu, logvar = mu.float(), logvar.float()
-    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(dim=0)

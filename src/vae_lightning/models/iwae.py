@@ -17,29 +17,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from vae_lightning.models import gaussian
+
 # log p(x|z): z of shape (n, B, D) against x of shape (B, ...) -> (n, B).
 LogLikelihoodFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def at_least_float32(t: Tensor) -> Tensor:
-    """Log-weights are sums of hundreds of terms: never accumulate them in half precision."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def sample_posterior(
-    mu: Tensor, logvar: Tensor, k: int, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """k reparameterised draws z ~ q(z|x) = N(mu, diag exp(logvar)) and log p(z) - log q(z|x).
-
-    Returns z of shape (k, B, D) and the log prior-to-posterior ratio of shape (k, B). With
-    z = mu + sigma * eps, log q(z|x) = -1/2 sum(eps^2 + logvar + log 2 pi); the 2 pi terms
-    cancel against those of the standard normal prior.
-    """
-    mu, logvar = at_least_float32(mu), at_least_float32(logvar)
-    eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-    z = mu + torch.exp(0.5 * logvar) * eps
-    log_prior_ratio = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(dim=-1)
-    return z, log_prior_ratio
 
 
 def log_importance_weights(
@@ -51,8 +32,9 @@ def log_importance_weights(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """log p(x|z_i) and log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x); each (k, B)."""
-    z, log_prior_ratio = sample_posterior(mu, logvar, k, generator)
-    return at_least_float32(log_px_given_z(z, x)), log_prior_ratio
+    samples = gaussian.sample_k(mu, logvar, k, generator)
+    log_px = gaussian.at_least_float32(log_px_given_z(samples.z, x))
+    return log_px, gaussian.log_prior_ratio(samples, logvar)
 
 
 def iwae_bound(log_weights: Tensor) -> Tensor:
@@ -80,7 +62,9 @@ def iwae_log_likelihood(
     if k < 1 or chunk_rows < 1:
         raise ValueError(f"IWAE needs k >= 1 and chunk_rows >= 1, got k={k}, {chunk_rows=}.")
     per_chunk = max(1, chunk_rows // len(x))
-    total = torch.full((len(x),), -math.inf, device=x.device, dtype=at_least_float32(mu).dtype)
+    total = torch.full(
+        (len(x),), -math.inf, device=x.device, dtype=gaussian.at_least_float32(mu).dtype
+    )
     for start in range(0, k, per_chunk):
         n = min(per_chunk, k - start)
         log_px, log_prior_ratio = log_importance_weights(

@@ -3,6 +3,9 @@
 An objective maps (network, likelihood, images, KL weight) to :class:`ELBOTerms`, batch
 means in nats per image: ``loss`` is what is optimised, ``rec`` and ``kl`` are the usual
 single-sample terms and ``elbo = -(rec + kl)`` is the true ELBO whatever the objective.
+A caller that has already encoded the batch passes ``posterior=(mu, logvar)``: the same
+numbers, one encoder pass fewer. The Gaussian maths (KL, sampling, log-densities) is in
+models/gaussian.py.
 
 The KL weight at a step is ``model.beta`` times the objective's schedule, a pure function of
 the global step (so it survives a resume):
@@ -13,14 +16,29 @@ the global step (so it survives a resume):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import Tensor
 
-from vae_lightning.models.diagnostics import kl_per_dimension
+from vae_lightning.models import gaussian
 from vae_lightning.models.iwae import iwae_bound, log_importance_weights
 from vae_lightning.models.likelihoods import Likelihood
-from vae_lightning.models.losses import ELBOTerms, gaussian_kl
 from vae_lightning.models.vae import VAE
+
+
+class ELBOTerms(NamedTuple):
+    """Batch means, in nats per image."""
+
+    loss: Tensor  # what is optimised: rec + beta * kl for the ELBO, -IWAE_k for IWAE
+    rec: Tensor  # -E_q[log p(x|z)] (one sample)
+    kl: Tensor  # KL(q(z|x) || p(z))
+    elbo: Tensor  # -(rec + kl), whatever beta is
+
+
+# The encoder's output for a batch, (mu, logvar), each (B, D): given to an objective by a
+# caller that needs it too (the test step's IWAE estimate), so each batch is encoded once.
+Posterior = tuple[Tensor, Tensor]
 
 
 def decoder_log_likelihood(net: VAE, likelihood: Likelihood, z: Tensor, x: Tensor) -> Tensor:
@@ -77,10 +95,22 @@ class ELBO:
         self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
         self.free_bits = free_bits
 
-    def __call__(self, net: VAE, likelihood: Likelihood, x: Tensor, kl_weight: float) -> ELBOTerms:
-        out = net(x)
-        rec = -likelihood.log_prob(out.logits, x).mean()
-        kl_dims = kl_per_dimension(out.mu, out.logvar)
+    def __call__(
+        self,
+        net: VAE,
+        likelihood: Likelihood,
+        x: Tensor,
+        kl_weight: float,
+        posterior: Posterior | None = None,
+    ) -> ELBOTerms:
+        if posterior is None:
+            out = net(x)  # the network's own forward: what torch.compile wraps
+            logits, mu, logvar = out.logits, out.mu, out.logvar
+        else:
+            mu, logvar = posterior
+            logits = net.decode(net.reparameterize(mu, logvar))  # forward() without encode
+        rec = -likelihood.log_prob(logits, x).mean()
+        kl_dims = gaussian.kl_standard_normal_per_dim(mu, logvar).mean(dim=0)
         kl = kl_dims.sum()
         penalty = kl_dims.clamp(min=self.free_bits).sum() if self.free_bits else kl
         return ELBOTerms(loss=rec + kl_weight * penalty, rec=rec, kl=kl, elbo=-(rec + kl))
@@ -104,12 +134,19 @@ class IWAE:
         self.k = k
         self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
 
-    def __call__(self, net: VAE, likelihood: Likelihood, x: Tensor, kl_weight: float) -> ELBOTerms:
-        mu, logvar = net.encode(x)
+    def __call__(
+        self,
+        net: VAE,
+        likelihood: Likelihood,
+        x: Tensor,
+        kl_weight: float,
+        posterior: Posterior | None = None,
+    ) -> ELBOTerms:
+        mu, logvar = net.encode(x) if posterior is None else posterior
         log_px, log_prior_ratio = log_importance_weights(
             x, mu, logvar, lambda z, x_: decoder_log_likelihood(net, likelihood, z, x_), self.k
         )
         loss = -iwae_bound(log_px + kl_weight * log_prior_ratio).mean()
         rec = -log_px[0].mean()
-        kl = gaussian_kl(mu.float(), logvar.float()).mean()
+        kl = gaussian.kl_standard_normal(mu, logvar).mean()
         return ELBOTerms(loss=loss, rec=rec, kl=kl, elbo=-(rec + kl))

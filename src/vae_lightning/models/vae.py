@@ -10,6 +10,7 @@ from annotated_types import Len
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from vae_lightning.models import gaussian
 from vae_lightning.models.decoders import ConvDecoder, MLPDecoder
 from vae_lightning.models.encoders import ConvEncoder, MLPEncoder
 from vae_lightning.param_types import ImageShape
@@ -19,7 +20,7 @@ Activation = Literal[tuple(ACTIVATIONS)]  # the names above, as a type the confi
 
 
 class VAEOutput(NamedTuple):
-    logits: Tensor  # decoder output: Bernoulli logits per pixel, shaped like x
+    logits: Tensor  # decoder output: the likelihood's parameter per pixel, shaped like x
     mu: Tensor  # posterior mean, (batch, latent_dim)
     logvar: Tensor  # posterior log-variance, (batch, latent_dim)
     z: Tensor  # the reparameterised sample that was decoded
@@ -47,7 +48,7 @@ class VAE(nn.Module):
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
         """z = mu + sigma * eps with eps ~ N(0, I): a sample differentiable in mu and logvar."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return gaussian.sample(mu, logvar)
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z.to(self.dtype))
