@@ -25,6 +25,13 @@ def test_every_dataset_has_a_data_config_and_consistent_facts():
         assert len(info.image_shape) == 3
 
 
+def test_each_data_config_picks_its_dataset_with_its_image_shape(compose_train):
+    for name, info in DATASETS.items():
+        data = compose_train([f"data={name}"]).data
+        assert data.dataset == name
+        assert tuple(data.image_shape) == info.image_shape
+
+
 def test_idx_facts_match_torchvision():
     """File names and torchvision class of each IDX dataset are the ones torchvision
     downloads; its published MD5s plus the registry's extras are what checksums accept."""
