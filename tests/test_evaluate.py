@@ -9,12 +9,12 @@ import pytest
 import torch
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_sweeps import output
 
 from helpers.data import idx_data
+from helpers.events import scalars
 from helpers.paths import CONF_DIR
-from helpers.runs import run_module, vae_train
+from helpers.runs import run_module, train_run, vae_train
 from vae_lightning.checkpoints import CheckpointError
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import MNISTDataModule
@@ -28,20 +28,9 @@ TEST_IMAGES = 200  # in the generated test split (helpers.data.write_dataset)
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, idx_root) -> Path:
     """A one-epoch run, laid out by train() as vae-train's: .hydra/, checkpoints/, tensorboard/."""
-    run_dir = tmp_path_factory.mktemp("run")
-    overrides = [
-        "debug=fast",
-        *idx_data(idx_root),
-        "~callbacks.progress_bar",
-        "~callbacks.images",
-        f"paths.output_dir={run_dir}",
-        f"paths.log_dir={run_dir}",
-        f"hydra.run.dir={run_dir}",
-    ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        train(compose_as_launched("train", overrides))  # writes .hydra/ as vae-train does
+    overrides = ["debug=fast", "~callbacks.progress_bar", "~callbacks.images"]
+    run_dir = train_run(tmp_path_factory.mktemp("run"), idx_root, overrides).dir
     assert (run_dir / ".hydra" / "config.yaml").is_file()
-    GlobalHydra.instance().clear()
     return run_dir
 
 
@@ -78,11 +67,10 @@ def test_vae_eval_cli_reproduces_the_test_metrics_logged_after_training(trained_
     assert "test/nll_iwae (k=100)" in result.stdout
 
     report = json.loads((eval_dir / "eval.json").read_text())
-    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
+    logged = scalars(trained_run)
     for name in ("elbo", "rec", "kl", "loss", "nll_iwae", "bits_per_dim", "active_units"):
-        (logged,) = events.Scalars(f"test/{name}")
-        assert report[f"test/{name}"] == pytest.approx(logged.value, abs=1e-4), name
+        (value,) = logged[f"test/{name}"]
+        assert report[f"test/{name}"] == pytest.approx(value, abs=1e-4), name
     assert report["test/bits_per_dim"] == pytest.approx(
         report["test/nll_iwae"] / (784 * math.log(2)), rel=1e-6
     )
@@ -193,8 +181,7 @@ def test_test_metrics_under_ddp_equal_one_process(tmp_path, idx_root):
         tmp_path,
     )
     assert result.returncode == 0, output(result)
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
+    logged = scalars(run_dir)
     single = evaluate_checkpoint(
         run_dir / "checkpoints" / "epoch_000.ckpt",
         MNISTDataModule(root=str(idx_root), download=False, val_size=100, eval_batch_size=30),
@@ -204,8 +191,8 @@ def test_test_metrics_under_ddp_equal_one_process(tmp_path, idx_root):
     )
     assert single["num_images"] == TEST_IMAGES
     for name in ("elbo", "nll_iwae", "bits_per_dim", "active_units"):
-        (logged,) = events.Scalars(f"test/{name}")
-        assert single[f"test/{name}"] == pytest.approx(logged.value, rel=1e-5, abs=1e-4), name
+        (value,) = logged[f"test/{name}"]
+        assert single[f"test/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-4), name
 
 
 def test_test_loss_uses_the_kl_weight_of_the_evaluated_checkpoints_step(

@@ -9,8 +9,8 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers.events import written_scalars
 from vae_lightning.callbacks import NonFiniteLossError
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models.likelihoods import Bernoulli
@@ -182,9 +182,7 @@ def train_step_events(cfg, log_every_step: bool) -> list[tuple[int, float]]:
         model._writes_step_logs = lambda: True
     trainer = instantiate(cfg.trainer, callbacks=[], logger=instantiate_named(cfg.logger))
     trainer.fit(model, datamodule=instantiate(cfg.data))
-    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars("train/loss")]
+    return written_scalars(Path(cfg.paths.output_dir) / "tensorboard", "train/loss")
 
 
 def test_training_logs_only_on_written_steps_yet_writes_the_same_events(compose_train, tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers.data import idx_data
+from helpers.events import written_scalars
 from helpers.paths import PROJECT_ROOT
 from helpers.runs import compose_config
 from vae_lightning.checkpoints import atomic_torch_save
@@ -48,9 +48,8 @@ def signal_at(step: int, signum: signal.Signals, during: str = "train") -> list[
 
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return [(event.step, event.value) for event in events.Scalars(tag)]
+    """Each write of ``tag``: a step the resumed run logged twice would show twice."""
+    return written_scalars(run_dir / "tensorboard", tag)
 
 
 def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -13,9 +13,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers.data import idx_data
+from helpers.events import written_scalars
 from helpers.paths import CONF_DIR
 from helpers.runs import vae_train
 
@@ -42,12 +42,6 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def tensorboard_runs(job_dir: Path) -> list[Path]:
     """Folders under <job>/tensorboard holding event files: TensorBoard's runs."""
     return sorted({p.parent for p in (job_dir / "tensorboard").rglob("events.out.tfevents.*")})
-
-
-def scalars(run: Path, tag: str) -> list[float]:
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    events.Reload()
-    return [event.value for event in events.Scalars(tag)]
 
 
 def output(result: subprocess.CompletedProcess) -> str:
@@ -86,7 +80,7 @@ def test_multirun_gives_each_job_its_folder_config_and_named_tensorboard_run(tmp
             config.model.latent_dim,
             config.model.beta,
         )
-        assert len(scalars(run, "val/elbo")) == 1
+        assert len(written_scalars(run, "val/elbo")) == 1
         assert {p.name for p in (job / "checkpoints").iterdir()} == {"epoch_000.ckpt", "last.ckpt"}
     assert seen == {(2, 0.5), (2, 4.0), (8, 0.5), (8, 4.0)}
     assert len(names) == 4
@@ -137,7 +131,7 @@ def test_optuna_search_stores_each_trial_with_the_value_its_job_returned(tmp_pat
     for trial, job in zip(study.trials, job_dirs(sweep_dir), strict=True):
         # The trial's value is what the job returned: the val/elbo it logged.
         (run,) = tensorboard_runs(job)
-        assert trial.value == pytest.approx(scalars(run, "val/elbo")[-1], rel=1e-6)
+        assert trial.value == pytest.approx(written_scalars(run, "val/elbo")[-1][1], rel=1e-6)
         # The job ran with the parameters the study sampled, inside the search space.
         config = OmegaConf.load(job / ".hydra" / "config.yaml")
         assert trial.params["model.latent_dim"] == config.model.latent_dim
@@ -180,7 +174,7 @@ def test_parallel_launchers_write_each_job_into_its_numbered_folder(tmp_path, id
         assert OmegaConf.load(job / ".hydra" / "config.yaml").model.latent_dim == latent_dim
         (run,) = tensorboard_runs(job)
         assert f"model.latent_dim={latent_dim}" in run.name.split(",")
-        assert len(scalars(run, "val/elbo")) == 1
+        assert len(written_scalars(run, "val/elbo")) == 1
         assert (job / "checkpoints" / "last.ckpt").is_file()
     if launcher == "local":  # submitit's own logs of each job
         assert len(list((sweep_dir / ".submitit").glob("*/*_log.out"))) == 2

@@ -7,9 +7,9 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers.data import idx_data, write_split
+from helpers.events import scalar_series, scalars, written_images
 from helpers.paths import FASHION_MNIST, SHARED_MNIST
 from helpers.runs import vae_train
 from vae_lightning.data.idx import read_idx
@@ -19,14 +19,6 @@ from vae_lightning.train import train
 SCALAR_TAGS = {
     f"{stage}/{term}" for stage in ("train", "val") for term in ("loss", "rec", "kl", "elbo")
 }
-
-
-def load_events(run_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(
-        str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0}
-    )
-    events.Reload()
-    return events
 
 
 def test_vae_train_cli_end_to_end(tmp_path, idx_root):
@@ -44,28 +36,26 @@ def test_vae_train_cli_end_to_end(tmp_path, idx_root):
     assert f"Run dir:          {run_dir}" in result.stderr + result.stdout
     assert "tensorboard --logdir" in result.stderr + result.stdout
 
-    events = load_events(run_dir)
-    scalars = set(events.Tags()["scalars"])
-    assert scalars >= SCALAR_TAGS
-    assert "epoch" not in scalars  # Lightning's automatic epoch card is left out
-    assert {"test/elbo", "test/rec", "test/kl", "test/loss"} <= scalars
-    assert {"test/nll_iwae", "test/bits_per_dim", "test/active_units"} <= scalars
-    (elbo,), (nll,) = events.Scalars("test/elbo"), events.Scalars("test/nll_iwae")
-    assert elbo.value <= -nll.value  # IWAE_100 is tighter than the ELBO
-    (bpd,) = events.Scalars("test/bits_per_dim")
-    assert bpd.value == pytest.approx(nll.value / (784 * math.log(2)), rel=1e-6)
-    (active,) = events.Scalars("test/active_units")
-    assert active.value == int(active.value) and 0 <= active.value <= 20
+    logged = scalars(run_dir)
+    assert set(logged) >= SCALAR_TAGS
+    assert "epoch" not in logged  # Lightning's automatic epoch card is left out
+    assert {"test/elbo", "test/rec", "test/kl", "test/loss"} <= set(logged)
+    assert {"test/nll_iwae", "test/bits_per_dim", "test/active_units"} <= set(logged)
+    (elbo,), (nll,) = logged["test/elbo"], logged["test/nll_iwae"]
+    assert elbo <= -nll  # IWAE_100 is tighter than the ELBO
+    (bpd,) = logged["test/bits_per_dim"]
+    assert bpd == pytest.approx(nll / (784 * math.log(2)), rel=1e-6)
+    (active,) = logged["test/active_units"]
+    assert active == int(active) and 0 <= active <= 20
     for tag in SCALAR_TAGS:
-        values = [e.value for e in events.Scalars(tag)]
-        assert values and all(torch.isfinite(torch.tensor(values)))
-    assert len(events.Scalars("val/elbo")) == 2  # one per epoch
-    assert len(events.Scalars("train/loss")) == 2 * 4  # every step: 500 images = 4 batches
+        assert logged[tag] and all(torch.isfinite(torch.tensor(logged[tag])))
+    assert len(logged["val/elbo"]) == 2  # one per epoch
+    assert len(logged["train/loss"]) == 2 * 4  # every step: 500 images = 4 batches
+    log_dir = run_dir / "tensorboard"
     for tag in ("val/reconstructions", "val/samples"):
-        images = events.Images(tag)
-        assert len(images) == 2
-    recon = events.Images("val/reconstructions")[-1]
-    samples = events.Images("val/samples")[-1]
+        assert len(written_images(log_dir, tag)) == 2
+    recon = written_images(log_dir, "val/reconstructions")[-1]
+    samples = written_images(log_dir, "val/samples")[-1]
     # 2 rows (inputs above reconstructions) of 8 images; 8x8 samples; make_grid pads by 2.
     assert (recon.height, recon.width) == (2 + 2 * 30, 2 + 8 * 30)
     assert (samples.height, samples.width) == (2 + 8 * 30, 2 + 8 * 30)
@@ -123,14 +113,12 @@ def test_kl_warmup_changes_the_logged_loss_exactly(compose_train, tmp_path):
         ["debug=fast", "~callbacks", "test=false", "model.beta=2", "objective.kl_warmup_steps=4"]
     )
     train(cfg)
-    events = load_events(tmp_path)
-    weights = {e.step: e.value for e in events.Scalars("train/kl_weight")}
+    weights = dict(scalar_series(tmp_path, "train/kl_weight"))
     assert weights == {0: 0.0, 1: 0.5, 2: 1.0, 3: 1.5}  # 4 batches of 128 in 500 images
-    rec = {e.step: e.value for e in events.Scalars("train/rec")}
-    kl = {e.step: e.value for e in events.Scalars("train/kl")}
-    for event in events.Scalars("train/loss"):
-        step = event.step
-        assert event.value == pytest.approx(rec[step] + weights[step] * kl[step], rel=1e-6)
+    rec = dict(scalar_series(tmp_path, "train/rec"))
+    kl = dict(scalar_series(tmp_path, "train/kl"))
+    for step, loss in scalar_series(tmp_path, "train/loss"):
+        assert loss == pytest.approx(rec[step] + weights[step] * kl[step], rel=1e-6)
 
 
 def test_beta_changes_loss_but_not_elbo(compose_train):
@@ -170,7 +158,7 @@ def test_real_data_val_elbo_improves(compose_train, tmp_path):
         data_root=root,
     )
     train(cfg)
-    elbo = [e.value for e in load_events(tmp_path).Scalars("val/elbo")]
+    elbo = scalars(tmp_path)["val/elbo"]
     assert len(elbo) == 3
     assert elbo[0] < elbo[1] < elbo[2]
     assert elbo[-1] > -300  # a binarized 28x28 image under a trained VAE: well below 784 ln2

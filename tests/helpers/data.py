@@ -8,10 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+from vae_lightning.data.registry import MNIST_FORMAT_FILES
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:
@@ -42,7 +39,7 @@ def write_split(
     folder: Path, split: str, images: np.ndarray, labels: np.ndarray, gz: bool
 ) -> None:
     suffix = ".gz" if gz else ""
-    image_name, label_name = SPLIT_FILES[split]
+    image_name, label_name = MNIST_FORMAT_FILES[split]
     write_idx(folder / f"{image_name}{suffix}", images)
     write_idx(folder / f"{label_name}{suffix}", labels)
 

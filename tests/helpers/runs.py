@@ -5,13 +5,28 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
 from helpers.data import idx_data
-from helpers.paths import PROJECT_ROOT
+from helpers.paths import CONF_DIR, PROJECT_ROOT
 from vae_lightning.configs import compose_as_launched
+from vae_lightning.train import train
+
+
+def output_overrides(run_dir: Path) -> list[str]:
+    """Overrides that put everything a run writes in run_dir, as `hydra.run.dir=run_dir`
+    alone does for vae-train (composing in-process, the paths must be set too)."""
+    return [
+        f"paths.output_dir={run_dir}",
+        f"paths.log_dir={run_dir}",
+        f"paths.data_dir={run_dir / 'data'}",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def compose_config(run_dir: Path, data_root: Path, overrides: list[str] = ()) -> DictConfig:
@@ -19,14 +34,24 @@ def compose_config(run_dir: Path, data_root: Path, overrides: list[str] = ()) ->
 
     Needs an initialised Hydra (``initialize_config_dir``); sets HydraConfig like a launch.
     """
-    base = [
-        *idx_data(data_root),
-        f"paths.output_dir={run_dir}",
-        f"paths.log_dir={run_dir}",
-        f"paths.data_dir={run_dir / 'data'}",
-        f"hydra.run.dir={run_dir}",
-    ]
+    base = [*idx_data(data_root), *output_overrides(run_dir)]
     return compose_as_launched("train", [*base, *overrides])
+
+
+@dataclass
+class TrainedRun:
+    dir: Path
+    cfg: DictConfig
+    metrics: dict[str, Any]
+
+
+def train_run(run_dir: Path, data_root: Path, overrides: list[str] = ()) -> TrainedRun:
+    """Train in-process with the real configs and train(), laid out as vae-train lays a run
+    out (.hydra/, checkpoints/, tensorboard/) in run_dir, on the IDX files in data_root."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose_config(run_dir, data_root, overrides)
+        metrics = train(cfg)
+    return TrainedRun(run_dir, cfg, metrics)
 
 
 def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from pydantic import PositiveInt
 from torch.utils.tensorboard import SummaryWriter
 
 from vae_lightning.callbacks.base import VisualCallback, encode
-from vae_lightning.data.classes import class_names
+from vae_lightning.data.registry import class_names
 from vae_lightning.models.latent import pca_2d
 from vae_lightning.plots import figure_to_array, latent_scatter
 

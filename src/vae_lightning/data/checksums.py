@@ -16,33 +16,27 @@ import hashlib
 from pathlib import Path
 
 from vae_lightning.data.idx import DataFileError
-
-DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
-# Debian's dataset-fashion-mnist (0.0~git20200523.55506a9-1, which fills
-# /usr/share/datasets/fashion-mnist) re-compresses the original files: same images, other
-# .gz bytes. Measured with md5sum on the installed package.
-DEBIAN_FASHION_MNIST_MD5 = {
-    "train-images-idx3-ubyte.gz": "cf8536b0aa1a6ac5fa3f23001093305c",
-    "train-labels-idx1-ubyte.gz": "10bea18fdb374794d4bb42e356e600c9",
-    "t10k-images-idx3-ubyte.gz": "f78720b4224f21cce2f2ccf2d7a94c9a",
-    "t10k-labels-idx1-ubyte.gz": "0d30e22e447f3c33dab9ed536400ac01",
-}
+from vae_lightning.data.registry import DATASETS, dataset_info
 
 
 @functools.cache
 def known_md5() -> dict[str, dict[str, frozenset[str]]]:
-    """dataset -> file name -> accepted MD5s: torchvision's published list (the files its
-    download fetches and verifies), plus Debian's re-compressed Fashion-MNIST."""
+    """dataset -> file name -> accepted MD5s, for every registered IDX dataset: torchvision's
+    published list (the files its download fetches and verifies) plus the registry's extras
+    (Debian's re-compressed Fashion-MNIST)."""
     from torchvision import datasets
 
-    known: dict[str, dict[str, set[str]]] = {}
-    for dataset, cls in (("mnist", datasets.MNIST), ("fashion_mnist", datasets.FashionMNIST)):
-        known[dataset] = {name: {md5} for name, md5 in cls.resources}
-    for name, md5 in DEBIAN_FASHION_MNIST_MD5.items():
-        known["fashion_mnist"][name].add(md5)
-    return {
-        ds: {name: frozenset(sums) for name, sums in files.items()} for ds, files in known.items()
-    }
+    known: dict[str, dict[str, frozenset[str]]] = {}
+    for info in DATASETS.values():
+        if info.idx is None:
+            continue
+        accepted = {
+            name: {md5} for name, md5 in getattr(datasets, info.idx.torchvision_class).resources
+        }
+        for name, md5 in info.idx.extra_md5.items():
+            accepted[name].add(md5)
+        known[info.name] = {name: frozenset(sums) for name, sums in accepted.items()}
+    return known
 
 
 def md5_of(path: Path) -> str:
@@ -59,20 +53,21 @@ def verify_checksum(path: Path, dataset: str, strict: bool) -> None:
     accepted = known_md5().get(dataset, {}).get(path.name)
     if accepted is None:
         return
+    title = dataset_info(dataset).title
     digest = md5_of(path)
     if digest in accepted:
         return
     for other, files in known_md5().items():
         if other != dataset and digest in files.get(path.name, ()):
             raise DataFileError(
-                f"{path} is {DATASET_TITLES[other]}'s {path.name}, not "
-                f"{DATASET_TITLES[dataset]}'s (MD5 {digest}). Point data.root at the "
-                f"{DATASET_TITLES[dataset]} files, or pick data={other} if that is the "
+                f"{path} is {dataset_info(other).title}'s {path.name}, not "
+                f"{title}'s (MD5 {digest}). Point data.root at the "
+                f"{title} files, or pick data={other} if that is the "
                 "dataset you meant."
             )
     if strict:
         raise DataFileError(
-            f"{path} is not the published {DATASET_TITLES[dataset]} file: its MD5 is {digest}, "
+            f"{path} is not the published {title} file: its MD5 is {digest}, "
             f"expected {' or '.join(sorted(accepted))}. The download was interrupted or "
             f"corrupted. Delete it (rm '{path}') and run again to download it again; if it is "
             "your own file under this name, set data.verify_checksums=false."

@@ -17,22 +17,15 @@ from torchvision.transforms import PILToTensor
 from vae_lightning.data.checksums import verify_checksum
 from vae_lightning.data.idx import DataFileError, read_image_label_pair
 from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
+from vae_lightning.data.registry import IdxStorage, dataset_info
 from vae_lightning.param_types import ImageShape, Seed
 
-# Our dataset names -> torchvision class names (which also name torchvision's raw folders).
-TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 Binarize = Literal["dynamic", "static", "none"]
 
 
-def candidate_dirs(roots: list[Path], dataset: str) -> list[Path]:
+def candidate_dirs(roots: list[Path], storage: IdxStorage) -> list[Path]:
     """Folders that may hold the IDX files: each root itself and torchvision's raw layout."""
-    return [
-        folder for root in roots for folder in (root, root / TORCHVISION_NAMES[dataset] / "raw")
-    ]
+    return [folder for root in roots for folder in (root, root / storage.raw_folder)]
 
 
 def find_file(folders: list[Path], name: str) -> Path | None:
@@ -140,8 +133,13 @@ class MNISTDataModule(L.LightningDataModule):
         verify_checksums: bool = True,
     ) -> None:
         super().__init__()
-        if dataset not in TORCHVISION_NAMES:
-            raise ValueError(f"data.dataset={dataset!r}; choose one of {list(TORCHVISION_NAMES)}")
+        info = dataset_info(dataset)
+        if info.idx is None:
+            raise ValueError(
+                f"data.dataset={dataset!r} is not stored as IDX files, which is all "
+                f"{type(self).__name__} reads; pick its own data config (data={dataset})."
+            )
+        self.storage = info.idx
         self.dataset, self.root, self.download = dataset, Path(root), download
         self.search_dirs = [Path(p) for p in search_dirs or []]
         self.val_size, self.batch_size, self.eval_batch_size = (
@@ -160,16 +158,16 @@ class MNISTDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------- files
     @property
     def folders(self) -> list[Path]:
-        return candidate_dirs([self.root, *self.search_dirs], self.dataset)
+        return candidate_dirs([self.root, *self.search_dirs], self.storage)
 
     def split_files(self, split: str) -> tuple[Path, Path]:
-        found = [find_file(self.folders, name) for name in SPLIT_FILES[split]]
+        found = [find_file(self.folders, name) for name in self.storage.split_files[split]]
         if None in found:
             raise DataFileError(self._missing_files_message(split))
         return found[0], found[1]
 
     def _missing_files_message(self, split: str) -> str:
-        names = ", ".join(f"{n}[.gz]" for n in SPLIT_FILES[split])
+        names = ", ".join(f"{n}[.gz]" for n in self.storage.split_files[split])
         where = ", ".join(str(f) for f in self.folders)
         if not self.download:
             why = "Downloading is off (data.download=false)."
@@ -183,21 +181,19 @@ class MNISTDataModule(L.LightningDataModule):
             f"Fix it in one of two ways: run with internet access and data.download=true to "
             f"fetch them into {self.root}, or copy the IDX files (gzipped or not) into "
             f"data.root={self.root} (flat, or in torchvision's "
-            f"{TORCHVISION_NAMES[self.dataset]}/raw/ layout). Offline, "
+            f"{self.storage.raw_folder}/ layout). Offline, "
             "`apt-get install dataset-fashion-mnist` makes data=fashion_mnist work as is."
         )
 
     def prepare_data(self) -> None:
         """Download (rank 0 only, as Lightning calls it) when files are missing and allowed."""
-        missing = any(
-            find_file(self.folders, n) is None for pair in SPLIT_FILES.values() for n in pair
-        )
+        missing = any(find_file(self.folders, n) is None for n in self.storage.file_names)
         if not (missing and self.download):
             return
         from torchvision import datasets
 
         try:
-            getattr(datasets, TORCHVISION_NAMES[self.dataset])(str(self.root), download=True)
+            getattr(datasets, self.storage.torchvision_class)(str(self.root), download=True)
         except Exception as err:  # no network, mirror down, checksum mismatch: report later
             self._download_error = err
 
@@ -205,7 +201,7 @@ class MNISTDataModule(L.LightningDataModule):
     @property
     def download_folder(self) -> Path:
         """Where torchvision puts the files it downloads (and verifies)."""
-        return self.root / TORCHVISION_NAMES[self.dataset] / "raw"
+        return self.root / self.storage.raw_folder
 
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         files = self.split_files(split)
