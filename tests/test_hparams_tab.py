@@ -25,7 +25,7 @@ def test_hparams_tab_lists_the_flattened_config_with_the_final_metrics(visuals_r
     assert not [name for name in hparams if name.endswith("_target_")]
 
     values = {metric.name.tag: metric.value for metric in group.metric_values}
-    assert set(values) == {"val/elbo", "val/kl", "val/active_units"}  # no test metric
+    assert set(values) == {"best/val/bound", "val/elbo", "val/kl", "val/active_units"}  # no test
     for name, value in values.items():
         assert value == pytest.approx(visuals_run.metrics[name], rel=1e-6), name
     # The final values were not logged a second time at a later step.

@@ -143,17 +143,24 @@ def test_report_of_a_multirun_folder_compares_its_jobs(visuals_run, manifold_run
     assert markdown == sweep / "report" / "comparison.md"
     text = markdown.read_text()
     assert "Overrides shared by every job: `debug=fast`" in text
-    assert f"| 0 | `model.latent_dim=5` | {visuals_run.metrics['val/elbo']:.2f} |" in text
-    assert f"| 1 | `model.latent_dim=2` | {manifold_run.metrics['val/elbo']:.2f} |" in text
-    assert "| 2 (failed) | `x=1` | — | — | — |" in text
-    best = max((visuals_run.metrics["val/elbo"], "0"), (manifold_run.metrics["val/elbo"], "1"))
-    assert f"Best val/elbo: job {best[1]} ({best[0]:.2f})." in text
+    # First column: the selection metric, the best val/bound (one epoch here: its val/elbo).
+    for job, run in (("0", visuals_run), ("1", manifold_run)):
+        selected, last = run.metrics["best/val/bound"], run.metrics["val/elbo"]
+        assert selected == pytest.approx(last)  # one epoch, objective=elbo
+        assert (
+            f"| {job} | `model.latent_dim={run.cfg.model.latent_dim}` | {selected:.2f} | " in text
+        )
+    assert "| 2 (failed) | `x=1` | — | — | — | — |" in text
+    best = max(
+        (visuals_run.metrics["best/val/bound"], "0"), (manifold_run.metrics["best/val/bound"], "1")
+    )
+    assert f"Selected by best/val/bound: job {best[1]} ({best[0]:.2f})." in text
 
     rows = (sweep / "report" / "comparison.csv").read_text().splitlines()
-    assert rows[0] == "job,status,overrides,val/elbo,val/kl,val/active_units"
+    assert rows[0] == "job,status,overrides,best/val/bound,val/elbo,val/kl,val/active_units"
     job0, job1, job2 = (row.split(",") for row in rows[1:])
     assert job0[:3] == ["0", "ok", "debug=fast model.latent_dim=5"]
-    assert float(job0[3]) == pytest.approx(visuals_run.metrics["val/elbo"], rel=1e-5)
-    assert float(job1[5]) == manifold_run.metrics["val/active_units"]
-    assert job2 == ["2", "failed", "debug=fast x=1", "", "", ""]
+    assert float(job0[4]) == pytest.approx(visuals_run.metrics["val/elbo"], rel=1e-5)
+    assert float(job1[6]) == manifold_run.metrics["val/active_units"]
+    assert job2 == ["2", "failed", "debug=fast x=1", "", "", "", ""]
     assert_png_not_blank(sweep / "report" / "val_elbo.png")

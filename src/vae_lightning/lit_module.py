@@ -26,7 +26,10 @@ from vae_lightning.models.objectives import (
 from vae_lightning.models.vae import VAE, VAEOutput
 
 EVAL_STAGES = ("val", "test")
-TERMS = ELBOTerms._fields  # loss, rec, kl, elbo
+TERMS = ELBOTerms._fields  # loss, rec, kl, elbo, bound
+# The bound is a selection metric, logged for validation and test; per training step it would
+# repeat train/elbo (ELBO) or -train/loss (IWAE at full weight).
+TRAIN_TERMS = tuple(name for name in TERMS if name != "bound")
 # Defaults for checkpoints written before likelihoods and objectives were configurable.
 BERNOULLI = {"_target_": "vae_lightning.models.likelihoods.Bernoulli"}
 PLAIN_ELBO = {"_target_": "vae_lightning.models.objectives.ELBO"}
@@ -161,7 +164,11 @@ class VAELitModule(L.LightningModule):
         terms = self.objective(self.net, self.likelihood, images, kl_weight, posterior=posterior)
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
-            values = {f"train/{name}": value.detach() for name, value in terms._asdict().items()}
+            values = {
+                f"train/{name}": value.detach()
+                for name, value in terms._asdict().items()
+                if name in TRAIN_TERMS
+            }
             self.last_train_values = values  # logged or not (the NaN guard names the culprit)
             if self._writes_step_logs():
                 if self.objective.schedule.active:

@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 TERMS = ("loss", "rec", "kl")
 # Validation only: a sweep is compared and picked on validation; test/* is for the pick.
-COMPARISON_METRICS = ("val/elbo", "val/kl", "val/active_units")
+# best/val/bound is the selection metric (vae-train writes it at the end: the best value of the
+# objective's own bound, the checkpoint that is kept); the others are the last epoch's.
+SELECTION_METRIC = "best/val/bound"
+COMPARISON_METRICS = (SELECTION_METRIC, "val/elbo", "val/kl", "val/active_units")
 # The report's images: file name -> (TensorBoard tag, title).
 IMAGES = {
     "samples.png": ("val/samples", "Decoder means of fixed prior draws z ~ N(0, I)"),
@@ -269,8 +272,9 @@ def comparison_markdown(
         "",
         f"Overrides shared by every job: `{' '.join(common) or '(none)'}`",
         "",
-        "Final validation values, nats per image. Test metrics are left out on purpose: pick "
-        "on validation, then evaluate the pick's best checkpoint with vae-eval.",
+        f"Validation values, nats per image: {SELECTION_METRIC} is the best epoch's (the "
+        "kept checkpoint's), the others the last epoch's. Test metrics are left out on "
+        "purpose: pick on validation, then evaluate the pick's best checkpoint with vae-eval.",
         "",
         "| job | overrides | " + " | ".join(metrics) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |",
@@ -279,12 +283,12 @@ def comparison_markdown(
         job = row.name if row.status == "ok" else f"{row.name} ({row.status})"
         cells = ["—" if value is None else f"{value:.2f}" for value in row.values]
         lines.append(f"| {job} | `{' '.join(row.varying)}` | " + " | ".join(cells) + " |")
-    if "val/elbo" in metrics:
-        index = list(metrics).index("val/elbo")
+    if SELECTION_METRIC in metrics:
+        index = list(metrics).index(SELECTION_METRIC)
         scored = [(row.values[index], row.name) for row in rows if row.values[index] is not None]
         if scored:
             value, job = max(scored)
-            lines += ["", f"Best val/elbo: job {job} ({value:.2f})."]
+            lines += ["", f"Selected by {SELECTION_METRIC}: job {job} ({value:.2f})."]
     if with_curves:
         lines += ["", "![val/elbo of every job](val_elbo.png)"]
     return "\n".join(lines) + "\n"

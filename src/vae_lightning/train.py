@@ -74,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics.update(log_best_monitored_value(trainer))
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test"):
@@ -85,6 +86,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("report"):
         write_report_after_training(trainer, Path(cfg.paths.output_dir))
     return metrics
+
+
+BEST_PREFIX = "best/"
+
+
+def log_best_monitored_value(trainer: L.Trainer) -> dict[str, float]:
+    """``best/<monitor>``: the best value the checkpoint callback saw, i.e. the score of the
+    checkpoint that is tested and kept. Written to the loggers at the last step (for the
+    HParams tab and the sweep report) and returned (for the sweeper), so runs are ranked
+    on the very epoch that is selected, not on the last one."""
+    callback = trainer.checkpoint_callback
+    score = getattr(callback, "best_model_score", None)
+    if score is None:
+        return {}
+    best = {f"{BEST_PREFIX}{callback.monitor}": float(score)}
+    for logger in trainer.loggers:
+        logger.log_metrics(best, step=trainer.global_step)
+    return best
 
 
 def refuse_finished_run(checkpoint: dict[str, Any], cfg: DictConfig) -> None:
@@ -132,6 +151,8 @@ def report(cfg: DictConfig, metrics: dict[str, float], best_checkpoint: str) -> 
         f"Run dir:          {cfg.paths.output_dir}",
         f"Best checkpoint:  {best_checkpoint or '(none saved)'}",
     ]
+    if "best/val/bound" in metrics:
+        lines.append(f"Best val/bound:   {metrics['best/val/bound']:.2f} nats per image")
     for name in ("val/elbo", "test/elbo"):
         if name in metrics:
             lines.append(f"Final {name + ':':<11} {metrics[name]:.2f} nats per image")
@@ -142,15 +163,18 @@ def report(cfg: DictConfig, metrics: dict[str, float], best_checkpoint: str) -> 
 
 
 def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
-    """The metric named by ``cfg.optimized_metric`` (what a sweeper ranks jobs by)."""
+    """The metric named by ``cfg.optimized_metric`` (what a sweeper ranks jobs by): its best
+    value over the run when the checkpoint callback monitors it, else its last value."""
     name = cfg.get("optimized_metric")
     if name is None:
         return None
+    if f"{BEST_PREFIX}{name}" in metrics:
+        return metrics[f"{BEST_PREFIX}{name}"]
     if name not in metrics:
         raise ValueError(
             f"optimized_metric={name!r} was not logged by this run, so a sweeper cannot rank "
             f"it. Logged metrics: {sorted(metrics)}. Set optimized_metric to one of them "
-            "(val/elbo is maximised by default) or to null."
+            "(val/bound is maximised by default) or to null."
         )
     return metrics[name]
 

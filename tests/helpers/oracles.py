@@ -34,4 +34,4 @@ def elbo_terms(logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, beta: floa
     latents, mean over the batch (the classic example's loss, per image)."""
     rec = bernoulli_nll(logits, x).mean()
     kl = gaussian_kl(mu, logvar).mean()
-    return ELBOTerms(loss=rec + beta * kl, rec=rec, kl=kl, elbo=-(rec + kl))
+    return ELBOTerms(loss=rec + beta * kl, rec=rec, kl=kl, elbo=-(rec + kl), bound=-(rec + kl))

@@ -34,6 +34,9 @@ class ELBOTerms(NamedTuple):
     rec: Tensor  # -E_q[log p(x|z)] (one sample)
     kl: Tensor  # KL(q(z|x) || p(z))
     elbo: Tensor  # -(rec + kl), whatever beta is
+    # The objective's own lower bound on log p(x), at full KL weight: the ELBO for ELBO, IWAE_k
+    # for IWAE. Runs are selected on its best validation value (checkpoint, sweeps, report).
+    bound: Tensor
 
 
 # The encoder's output for a batch, (mu, logvar), each (B, D): given to an objective by a
@@ -113,7 +116,8 @@ class ELBO:
         kl_dims = gaussian.kl_standard_normal_per_dim(mu, logvar).mean(dim=0)
         kl = kl_dims.sum()
         penalty = kl_dims.clamp(min=self.free_bits).sum() if self.free_bits else kl
-        return ELBOTerms(loss=rec + kl_weight * penalty, rec=rec, kl=kl, elbo=-(rec + kl))
+        elbo = -(rec + kl)
+        return ELBOTerms(loss=rec + kl_weight * penalty, rec=rec, kl=kl, elbo=elbo, bound=elbo)
 
 
 class IWAE:
@@ -147,6 +151,7 @@ class IWAE:
             x, mu, logvar, lambda z, x_: decoder_log_likelihood(net, likelihood, z, x_), self.k
         )
         loss = -iwae_bound(log_px + kl_weight * log_prior_ratio).mean()
+        bound = -loss if kl_weight == 1.0 else iwae_bound(log_px + log_prior_ratio).mean()
         rec = -log_px[0].mean()
         kl = gaussian.kl_standard_normal(mu, logvar).mean()
-        return ELBOTerms(loss=loss, rec=rec, kl=kl, elbo=-(rec + kl))
+        return ELBOTerms(loss=loss, rec=rec, kl=kl, elbo=-(rec + kl), bound=bound)
