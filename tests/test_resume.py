@@ -155,13 +155,19 @@ def test_resume_expands_to_the_runs_own_overrides(fake_run):
     assert expand_resume(["model=mlp"]) == ["model=mlp"]  # no resume=: untouched
 
 
-def test_resumed_sweep_job_keeps_its_tensorboard_run(fake_run):
-    """A job of a multirun logs into tensorboard/<its overrides>/: resume continues there."""
-    version = fake_run / "tensorboard" / "model.beta=4,model.latent_dim=8"
+def test_resume_continues_the_runs_own_tensorboard_folder(tmp_path):
+    """A run's events are in tensorboard/<its overrides>/ (or, from vae-lightning 0.1,
+    tensorboard/ itself): a resumed launch continues that folder, whatever its overrides."""
+    from vae_lightning.train import event_subfolders
+
+    root = tmp_path / "tensorboard"
+    assert event_subfolders(root) == []
+    version = root / "model.beta=4,model.latent_dim=8"
     version.mkdir(parents=True)
     (version / "events.out.tfevents.1.host.1.0").write_bytes(b"")
-    expanded = expand_resume([f"resume={fake_run}"])
-    assert "logger.tensorboard.version='model.beta=4,model.latent_dim=8'" in expanded
+    assert event_subfolders(root) == ["model.beta=4,model.latent_dim=8"]
+    (version / "events.out.tfevents.1.host.1.0").rename(root / "events.out.tfevents.1.host.1.0")
+    assert event_subfolders(root) == [""]
 
 
 @pytest.mark.parametrize(

@@ -219,16 +219,21 @@ def test_slurm_launcher_asks_for_one_task_per_device_and_a_time_limit(tmp_path, 
     assert "#SBATCH --signal=USR2@120\n" in sbatch
 
 
-def test_job_name_is_a_folder_safe_name_of_the_overrides_in_a_multirun_only(compose_train):
+def test_job_name_is_a_folder_safe_name_of_the_overrides(compose_train):
+    """The TensorBoard run of every run, single or a job of a sweep, is named by its
+    overrides, so `tensorboard --logdir outputs` tells them apart."""
     from omegaconf import open_dict, read_write
 
-    from vae_lightning.sweeps import MAX_NAME_LENGTH, job_name
+    from vae_lightning.sweeps import MAX_NAME_LENGTH, NO_OVERRIDES_NAME, job_name
 
-    compose_train()  # a single run: events go straight into tensorboard/
-    assert job_name() == ""
+    cfg = compose_train(["model.beta=4"])  # where data and outputs live is left out
+    assert job_name() == "data.val_size=100,model.beta=4"
+    assert cfg.logger.tensorboard.version == job_name()
     hydra_cfg = HydraConfig.get()
     try:
         with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.job.override_dirname = ""
+            assert job_name() == NO_OVERRIDES_NAME
             hydra_cfg.mode = "MULTIRUN"
             hydra_cfg.job.override_dirname = "data.search_dirs=[/a/b],model.beta=4"
             assert job_name() == "data.search_dirs=[_a_b],model.beta=4"

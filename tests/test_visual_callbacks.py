@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.events import (
+    event_folder,
     image_tags,
     last_image,
     projector_embeddings,
@@ -120,7 +121,7 @@ def test_interpolation_rows_go_from_image_a_to_image_b(visuals_run):
 
 def test_projector_holds_the_posterior_means_with_labels_and_sprites(visuals_run):
     model, images, labels = final_model_and_val_split(visuals_run)
-    log_dir = visuals_run.dir / "tensorboard"
+    log_dir = event_folder(visuals_run.dir / "tensorboard")  # the run's TensorBoard folder
     embeddings = projector_embeddings(log_dir)
     assert len(embeddings) == 2  # one per epoch
     last = embeddings[-1]

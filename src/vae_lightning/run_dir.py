@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.errors import UserError, report_user_errors
-from vae_lightning.run_layout import EVENT_GLOB, RunLayout
+from vae_lightning.run_layout import RunLayout
 
 RESUME_KEY = "resume"
 # Overrides that describe one launch rather than the run; a resume sets them anew.
@@ -123,26 +123,11 @@ def expand_resume(args: list[str]) -> list[str]:
     return [
         *flags,
         *original,
-        *tensorboard_version(run_dir),
         *new,
         "hydra.mode=RUN",
         f"hydra.run.dir={quote(run_dir)}",
         f"ckpt_path={quote(checkpoint)}",
     ]
-
-
-def tensorboard_version(run_dir: Path) -> list[str]:
-    """The override that keeps logging into the run's own TensorBoard run.
-
-    A single run logs straight into ``tensorboard/``; a job of a sweep into
-    ``tensorboard/<its overrides>/`` (``${job_name:}``), a name a single run would not
-    recompute. Whatever folder holds the event files is the one to continue.
-    """
-    folder = RunLayout(run_dir).tensorboard_dir
-    if not folder.is_dir() or any(folder.glob(EVENT_GLOB)):
-        return []
-    versions = [sub.name for sub in folder.iterdir() if any(sub.glob(EVENT_GLOB))]
-    return [f"logger.tensorboard.version={quote(versions[0])}"] if len(versions) == 1 else []
 
 
 def accepts_resume(hydra_main: Callable[[], Any]) -> Callable[[], Any]:

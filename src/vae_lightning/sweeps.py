@@ -48,16 +48,22 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def job_name() -> str:
-    """The job's overrides as one folder-safe name in a multirun, "" in a single run.
+# The TensorBoard run of a launch with no overrides at all.
+NO_OVERRIDES_NAME = "defaults"
 
-    Used as the TensorBoard run version (``${job_name:}`` in conf/logger/tensorboard.yaml) so
-    that the runs of a sweep show up as ``<job num>/tensorboard/model.beta=4,model.latent_dim=8``
-    and a single run keeps its event files directly in ``tensorboard/``.
+
+def job_name() -> str:
+    """The run's overrides as one folder-safe name, e.g. ``model.beta=4,model.latent_dim=8``.
+
+    Used as the TensorBoard run version (``${job_name:}`` in conf/logger/tensorboard.yaml), so
+    that ``tensorboard --logdir outputs`` lists ``runs/<date>/<time>/tensorboard/model=conv``
+    and ``multirun/.../<job num>/tensorboard/model.beta=4``: runs told apart by what was
+    changed, not all called ``tensorboard``. Keys that say where data and outputs live are
+    left out (hydra.job.config.override_dirname.exclude_keys). "" without Hydra.
     """
-    if not in_multirun():
+    if not HydraConfig.initialized():
         return ""
-    name = HydraConfig.get().job.override_dirname.replace("/", "_")
+    name = HydraConfig.get().job.override_dirname.replace("/", "_") or NO_OVERRIDES_NAME
     if len(name) > MAX_NAME_LENGTH:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[: MAX_NAME_LENGTH - 9]}-{digest}"

@@ -25,6 +25,7 @@ from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
 from vae_lightning.run_dir import accepts_resume, save_run_record
+from vae_lightning.run_layout import EVENT_GLOB
 from vae_lightning.seeding import seed_everything
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
@@ -125,24 +126,36 @@ def refuse_finished_run(checkpoint: dict[str, Any], cfg: DictConfig) -> None:
 
 
 def instantiate_loggers(group: DictConfig | None, resume_step: int | None) -> list[Any]:
-    """The loggers; when resuming, TensorBoard ones hide what came after the checkpoint.
+    """The loggers; when resuming, TensorBoard ones continue the run's own TensorBoard run.
 
-    A run killed hard (no time to save) logged steps past its last checkpoint, and the
-    resumed run logs them again. ``purge_step`` (a SummaryWriter argument) makes TensorBoard
-    drop events at or after that step from the earlier event files, so each curve shows
-    every step once.
+    The run's folder under ``tensorboard/`` is named by its overrides, which the resumed
+    launch (``resume=``, maybe with new overrides) would not recompute: the folder that
+    already holds the run's events is the one to continue. A run killed hard (no time to
+    save) logged steps past its last checkpoint, and the resumed run logs them again:
+    ``purge_step`` (a SummaryWriter argument) makes TensorBoard drop events at or after that
+    step from the earlier event files, so each curve shows every step once.
     """
     loggers = []
     for node in (group or {}).values():
         if not node or "_target_" not in node:
             continue
-        resuming_tensorboard = resume_step is not None and issubclass(
-            get_class(node._target_), TensorBoardLogger
-        )
-        loggers.append(
-            instantiate(node, **({"purge_step": resume_step} if resuming_tensorboard else {}))
-        )
+        resuming = {}
+        if resume_step is not None and issubclass(get_class(node._target_), TensorBoardLogger):
+            resuming["purge_step"] = resume_step
+            existing = event_subfolders(Path(node.save_dir) / node.name)
+            if len(existing) == 1:
+                resuming["version"] = existing[0]
+        loggers.append(instantiate(node, **resuming))
     return loggers
+
+
+def event_subfolders(log_root: Path) -> list[str]:
+    """Folders under a TensorBoard logger's root that hold event files, relative to it
+    ("" for the root itself)."""
+    found = {path.parent for path in log_root.rglob(EVENT_GLOB)} if log_root.is_dir() else set()
+    return sorted(
+        "" if folder == log_root else str(folder.relative_to(log_root)) for folder in found
+    )
 
 
 def report(cfg: DictConfig, metrics: dict[str, float], best_checkpoint: str) -> None:

@@ -26,6 +26,7 @@ from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_g
 from tensorboard.plugins.projector.projector_config_pb2 import EmbeddingInfo, ProjectorConfig
 
 from vae_lightning.report import read_events
+from vae_lightning.run_layout import EVENT_GLOB
 
 
 # ------------------------------------------------------------ what a run logged (merged)
@@ -52,10 +53,20 @@ def last_image(run_dir: Path, tag: str) -> np.ndarray:
 
 
 # ------------------------------------------------- what was written, event by event
+def event_folder(log_dir: Path) -> Path:
+    """The folder that holds the event files: ``log_dir`` itself, or its one TensorBoard run
+    (``tensorboard/<the run's overrides>/``)."""
+    if any(log_dir.glob(EVENT_GLOB)):
+        return log_dir
+    (folder,) = {path.parent for path in log_dir.glob(f"*/{EVENT_GLOB}")}
+    return folder
+
+
 def _written(log_dir: Path) -> event_accumulator.EventAccumulator:
-    """Every event in ``log_dir``'s event files (that folder only), none sampled away."""
+    """Every event in the event files of ``log_dir``'s run (one folder), none sampled away."""
     guidance = {kind: 0 for kind in ("scalars", "images", "histograms")}
-    accumulator = event_accumulator.EventAccumulator(str(log_dir), size_guidance=guidance)
+    folder = str(event_folder(log_dir))
+    accumulator = event_accumulator.EventAccumulator(folder, size_guidance=guidance)
     accumulator.Reload()
     return accumulator
 
