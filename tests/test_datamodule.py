@@ -1,6 +1,7 @@
 """MNISTDataModule on generated IDX files (both layouts) and on the real MNIST test split."""
 
 import hashlib
+import logging
 import shutil
 
 import pytest
@@ -15,6 +16,7 @@ from vae_lightning.data.datamodule import (
     prepare_images,
     storage_device,
 )
+from vae_lightning.errors import ConfigError
 
 
 def setup_module_on(root, **kwargs):
@@ -240,3 +242,22 @@ def test_without_a_trainer_splits_stay_in_host_memory(idx_root):
     dm = setup_module_on(idx_root)
     assert dm.training_device == torch.device("cpu")
     assert all(images.device.type == "cpu" for images, _ in dm.splits.values())
+
+
+def test_where_each_split_was_read_from_is_said_and_recorded(tmp_path, idx_root, caplog):
+    """A data.root that does not exist used to fall back to a search dir silently."""
+    missing = tmp_path / "typo"
+    dm = MNISTDataModule(
+        root=str(missing), search_dirs=[str(idx_root)], download=False, val_size=100
+    )
+    with caplog.at_level(logging.INFO):
+        dm.setup("fit")
+    assert dm.sources["train"].parent == idx_root and dm.sources["test"].parent == idx_root
+    for split in ("train", "test"):
+        assert f"MNIST {split} split: {dm.sources[split]}" in caplog.text
+    assert f"(from data.search_dirs: data.root={missing} does not exist)" in caplog.text
+
+
+def test_val_size_larger_than_the_training_split_is_a_config_error(idx_root):
+    with pytest.raises(ConfigError, match="data.val_size=600 must be between 1 and 599"):
+        MNISTDataModule(root=str(idx_root), download=False, val_size=600).setup("fit")

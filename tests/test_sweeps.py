@@ -100,11 +100,11 @@ def test_failing_job_is_reported_and_the_others_keep_their_results(tmp_path, idx
     assert not (good / "failure.txt").exists()
     failure = (bad / "failure.txt").read_text()
     assert "data.val_size=5000" in failure.splitlines()[0].split()  # the job's overrides
-    assert "ValueError: data.val_size=5000 must be between 1 and 599" in failure
+    assert "ConfigError: data.val_size=5000 must be between 1 and 599" in failure
     assert "Traceback" in (bad / "train.log").read_text()  # the job's own log has it too
     # The summary at the end names the failed job, its error and where the traceback is.
     summary = result.stdout.split("1 job(s) of this sweep failed", 1)[1]
-    assert "1: overrides:" in summary and "ValueError: data.val_size=5000" in summary
+    assert "1: overrides:" in summary and "ConfigError: data.val_size=5000" in summary
     assert f"traceback: {bad / 'failure.txt'}" in summary
 
 

@@ -225,6 +225,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results["data"] = {
         key: data[key] for key in ("dataset", "root", "binarize", "split_seed", "val_size")
     }
+    results["data"]["files"] = {split: str(path) for split, path in datamodule.sources.items()}
     out = RunLayout(cfg.paths.output_dir).eval_results
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor
@@ -18,6 +18,7 @@ from vae_lightning.data.checksums import verify_checksum
 from vae_lightning.data.idx import DataFileError, read_image_label_pair
 from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
 from vae_lightning.data.registry import IdxStorage, dataset_info
+from vae_lightning.errors import ConfigError
 from vae_lightning.param_types import ImageShape, Seed
 
 Binarize = Literal["dynamic", "static", "none"]
@@ -139,7 +140,7 @@ class MNISTDataModule(L.LightningDataModule):
                 f"data.dataset={dataset!r} is not stored as IDX files, which is all "
                 f"{type(self).__name__} reads; pick its own data config (data={dataset})."
             )
-        self.storage = info.idx
+        self.info, self.storage = info, info.idx
         self.dataset, self.root, self.download = dataset, Path(root), download
         self.search_dirs = [Path(p) for p in search_dirs or []]
         self.val_size, self.batch_size, self.eval_batch_size = (
@@ -153,6 +154,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.image_shape = tuple(image_shape)
         self.verify_checksums = verify_checksums
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.sources: dict[str, Path] = {}  # split -> the image file it was read from
         self._download_error: Exception | None = None
 
     # ----------------------------------------------------------------- files
@@ -205,12 +207,27 @@ class MNISTDataModule(L.LightningDataModule):
 
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         files = self.split_files(split)
+        self.sources[split] = files[0]
+        rank_zero_info(self.source_note(split, files[0]))
         if self.verify_checksums:
             for path in files:
                 # Strict where downloads land: a partial download must never pass.
                 strict = path.parent.resolve() == self.download_folder.resolve()
                 verify_checksum(path, self.dataset, strict=strict)
         return read_image_label_pair(*files, self.image_shape[1:])
+
+    def source_note(self, split: str, images_file: Path) -> str:
+        """Where a split was read from, and why there: the run says so, never silently
+        falling back from data.root to a search dir (Debian's copy, say)."""
+        note = f"{self.info.title} {split} split: {images_file}"
+        if images_file.parent in self.search_dir_folders and images_file.parent != self.root:
+            why = "does not exist" if not self.root.exists() else "has no such files"
+            note += f" (from data.search_dirs: data.root={self.root} {why})"
+        return note
+
+    @property
+    def search_dir_folders(self) -> set[Path]:
+        return set(candidate_dirs(self.search_dirs, self.storage))
 
     @property
     def training_device(self) -> torch.device:
@@ -232,9 +249,10 @@ class MNISTDataModule(L.LightningDataModule):
         """The train/val/test splits as uint8 images and int64 labels, in host memory."""
         images, labels = self.load_split("train")
         if not 0 < self.val_size < len(images):
-            raise ValueError(
+            raise ConfigError(
                 f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
-                f"the training split holds {len(images)} images."
+                f"the training split ({self.sources['train']}) holds {len(images)} images. "
+                "Set a smaller data.val_size, or point data.root at the full dataset."
             )
         order = torch.randperm(
             len(images), generator=torch.Generator().manual_seed(self.split_seed)
