@@ -17,9 +17,8 @@ from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import bits_per_dim, iwae_log_likelihood
 from vae_lightning.models.likelihoods import Likelihood
 from vae_lightning.models.objectives import (
-    ELBO,
-    IWAE,
     ELBOTerms,
+    Objective,
     Posterior,
     decoder_log_likelihood,
 )
@@ -76,7 +75,7 @@ class VAELitModule(L.LightningModule):
         self.net: VAE = instantiate(net, latent_dim=latent_dim)
         # A module: a learned Gaussian variance is a parameter, saved and optimised with the net.
         self.likelihood: Likelihood = instantiate(likelihood or BERNOULLI)
-        self.objective: ELBO | IWAE = instantiate(objective or PLAIN_ELBO)
+        self.objective: Objective = instantiate(objective or PLAIN_ELBO)
         # Epoch means for evaluation, weighted by batch size and synced across DDP ranks, so
         # they are exact per-image averages over the whole split.
         self.epoch_means = torch.nn.ModuleDict(

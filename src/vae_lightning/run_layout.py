@@ -28,6 +28,11 @@ FAILURE_FILE = "failure.txt"
 EVAL_RESULTS = "eval.json"
 
 
+def _under_root(*parts: str) -> property:
+    """A read-only attribute: ``<root>/<parts>``."""
+    return property(lambda layout: layout.root.joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths inside one run dir (``root``)."""
@@ -44,47 +49,17 @@ class RunLayout:
         folder = Path(checkpoint).parent
         return cls(folder.parent if folder.name == CHECKPOINT_DIR else folder)
 
-    @property
-    def record_dir(self) -> Path:
-        return self.root / RECORD_DIR
-
-    @property
-    def config_file(self) -> Path:
-        """The resolved config of the run, as vae-train composed it."""
-        return self.record_dir / "config.yaml"
-
-    @property
-    def hydra_file(self) -> Path:
-        return self.record_dir / "hydra.yaml"
-
-    @property
-    def overrides_file(self) -> Path:
-        """The command-line overrides of the run (replayed by ``resume=``)."""
-        return self.record_dir / "overrides.yaml"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.root / CHECKPOINT_DIR
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoint_dir / LAST_CHECKPOINT_NAME
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.root / TENSORBOARD_DIR
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / REPORT_DIR
-
-    @property
-    def failure_file(self) -> Path:
-        return self.root / FAILURE_FILE
-
-    @property
-    def eval_results(self) -> Path:
-        return self.root / EVAL_RESULTS
+    # Each a path under the run dir, spelled here only.
+    record_dir = _under_root(RECORD_DIR)
+    config_file = _under_root(RECORD_DIR, "config.yaml")  # the resolved config of the run
+    hydra_file = _under_root(RECORD_DIR, "hydra.yaml")
+    overrides_file = _under_root(RECORD_DIR, "overrides.yaml")  # replayed by resume=
+    checkpoint_dir = _under_root(CHECKPOINT_DIR)
+    last_checkpoint = _under_root(CHECKPOINT_DIR, LAST_CHECKPOINT_NAME)
+    tensorboard_dir = _under_root(TENSORBOARD_DIR)
+    report_dir = _under_root(REPORT_DIR)
+    failure_file = _under_root(FAILURE_FILE)
+    eval_results = _under_root(EVAL_RESULTS)
 
     def event_dirs(self) -> list[Path]:
         """Folders under the run dir holding TensorBoard event files, report/ excluded."""

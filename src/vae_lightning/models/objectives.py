@@ -81,7 +81,40 @@ class KLSchedule:
         return min(1.0, step / self.kl_warmup_steps)
 
 
-class ELBO:
+class ObjectiveInput(NamedTuple):
+    """What an objective is evaluated on; ``posterior`` is the batch's (mu, logvar) when the
+    caller has encoded it already."""
+
+    net: VAE
+    likelihood: Likelihood
+    x: Tensor
+    kl_weight: float
+    posterior: Posterior | None
+
+
+class Objective:
+    """Base of the objectives: ``objective(net, likelihood, x, kl_weight)`` -> ELBOTerms.
+
+    Subclasses implement :meth:`terms` and set ``schedule`` (the KL weight's schedule).
+    """
+
+    schedule: KLSchedule
+
+    def __call__(
+        self,
+        net: VAE,
+        likelihood: Likelihood,
+        x: Tensor,
+        kl_weight: float,
+        posterior: Posterior | None = None,
+    ) -> ELBOTerms:
+        return self.terms(ObjectiveInput(net, likelihood, x, kl_weight, posterior))
+
+    def terms(self, batch: ObjectiveInput) -> ELBOTerms:
+        raise NotImplementedError
+
+
+class ELBO(Objective):
     """loss = rec + weight * sum_d max(free_bits, KL_d), KL_d the batch-mean KL of dimension d.
 
     Free bits (Kingma et al., 2016): each latent dimension's KL, averaged over the batch, is
@@ -98,14 +131,8 @@ class ELBO:
         self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
         self.free_bits = free_bits
 
-    def __call__(
-        self,
-        net: VAE,
-        likelihood: Likelihood,
-        x: Tensor,
-        kl_weight: float,
-        posterior: Posterior | None = None,
-    ) -> ELBOTerms:
+    def terms(self, batch: ObjectiveInput) -> ELBOTerms:
+        net, likelihood, x, kl_weight, posterior = batch
         if posterior is None:
             out = net(x)  # the network's own forward: what torch.compile wraps
             logits, mu, logvar = out.logits, out.mu, out.logvar
@@ -120,7 +147,7 @@ class ELBO:
         return ELBOTerms(loss=rec + kl_weight * penalty, rec=rec, kl=kl, elbo=elbo, bound=elbo)
 
 
-class IWAE:
+class IWAE(Objective):
     """loss = -IWAE_k: the k-sample importance-weighted bound (Burda et al., 2016).
 
     A KL weight below 1 (warm-up) scales log p(z) - log q(z|x) inside each weight, as
@@ -138,14 +165,8 @@ class IWAE:
         self.k = k
         self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
 
-    def __call__(
-        self,
-        net: VAE,
-        likelihood: Likelihood,
-        x: Tensor,
-        kl_weight: float,
-        posterior: Posterior | None = None,
-    ) -> ELBOTerms:
+    def terms(self, batch: ObjectiveInput) -> ELBOTerms:
+        net, likelihood, x, kl_weight, posterior = batch
         mu, logvar = net.encode(x) if posterior is None else posterior
         log_px, log_prior_ratio = log_importance_weights(
             x, mu, logvar, lambda z, x_: decoder_log_likelihood(net, likelihood, z, x_), self.k
