@@ -47,7 +47,7 @@ class VAELitModule(L.LightningModule):
         beta: weight of the KL term in the optimised loss (1 is the true ELBO); a warm-up or
             cyclical schedule of the objective multiplies it.
         compile: wrap the network in ``torch.compile`` (pays off on GPUs and for long runs;
-            see README, Speed).
+            see docs/speed.md).
         channels_last: store the network's conv weights in NHWC memory format, which cuDNN
             and oneDNN prefer (conv models only; no effect on an MLP).
         likelihood: config of a :class:`Likelihood` (default Bernoulli): what the decoder's
