@@ -9,6 +9,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 CONF=/etc/slurm/slurm.conf
 STANDIN=/usr/local/bin/sacct
 WAIT_S=${SLURM_UP_WAIT_S:-60}
+STARTED=$(date +%s.%N)
 
 say() { echo "slurm: $*"; }
 die() { echo "slurm: error: $*" >&2; exit 1; }
@@ -72,7 +73,6 @@ if [ "$conf_changed" = 1 ] && { running /run/slurm/slurmctld.pid || running /run
     say "configuration changed: restarting the daemons"
     "$HERE/down.sh" --keep-munge
 fi
-started=$(date +%s.%N)
 if ! running /run/slurm/slurmctld.pid; then
     say "starting slurmctld"
     slurmctld
@@ -95,5 +95,5 @@ while :; do
     fi
     sleep 0.5
 done
-say "up: node localhost $state ($cpus CPUs, $memory MB) after $(printf "%.1f" "$(echo "$(date +%s.%N) - $started" | bc)") s"
+say "up: node localhost $state ($cpus CPUs, $memory MB) ready $(printf "%.1f" "$(echo "$(date +%s.%N) - $STARTED" | bc)") s after up.sh began"
 sinfo
