@@ -7,6 +7,7 @@ the generated IDX data and asks for one CPU, so two of them run at once on a 2-c
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from helpers.data import idx_data
 from helpers.runs import vae_train
 
 
+@functools.cache  # sinfo retries for about 9 s when no controller answers: ask once
 def slurm_unavailable() -> str:
     """Why the cluster tests cannot run here ("" when a controller answers)."""
     if shutil.which("sinfo") is None:
