@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install train test test-all lint format docs clean
+.PHONY: install train test test-all lint format docs clean slurm slurm-down
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ format: $(STAMP)
 # The docs/ site (mkdocs.yml) into site/; --strict fails on a broken link or a page not in nav.
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
+
+# A single-host SLURM cluster (root; installs slurm-wlm and munge if missing): for trying
+# hydra/launcher=slurm locally and for tests/test_slurm.py. See docs/slurm-local.md.
+slurm:
+	scripts/slurm/up.sh
+
+slurm-down:
+	scripts/slurm/down.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info site
