@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install train test test-all lint format bench clean
+.PHONY: install train test test-all lint format bench clean slurm slurm-down
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# A single-host SLURM cluster (root; installs slurm-wlm and munge if missing): for trying
+# hydra/launcher=slurm locally and for tests/test_slurm.py. See docs/slurm-local.md.
+slurm:
+	scripts/slurm/up.sh
+
+slurm-down:
+	scripts/slurm/down.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
