@@ -17,8 +17,8 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 import test_resume
+import torch
 from test_resume import SMALL_RUN, assert_same_run
 
 from helpers.data import idx_data
