@@ -106,6 +106,29 @@ def test_interrupt_saves_and_resume_is_exact(
     assert_same_run(tmp_path, uninterrupted)
 
 
+def test_requeue_signal_saves_and_a_slurm_restart_resumes_by_itself(
+    compose_train, tmp_path, idx_root, uninterrupted, monkeypatch, caplog
+):
+    """SIGUSR1 (SLURM's pre-timeout signal) stops like SIGTERM (exit 138; outside a SLURM job
+    there is nothing to requeue); the same launch again with SLURM_RESTART_COUNT=1, as a
+    requeued job is started, resumes last.ckpt without being told (the real controller:
+    tests/test_slurm_preemption.py)."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    with pytest.raises(SystemExit) as info:
+        train(compose_train([*SMALL_RUN, *signal_at(13, signal.SIGUSR1)]))
+    assert info.value.code == 128 + signal.SIGUSR1
+    assert (
+        torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 13
+    )
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    train(compose_config(tmp_path, idx_root, SMALL_RUN))
+    assert f"Requeued SLURM job: resuming from {tmp_path / 'checkpoints' / 'last.ckpt'}" in (
+        caplog.text
+    )
+    assert_same_run(tmp_path, uninterrupted)
+
+
 def test_sigterm_during_final_test_keeps_the_training_checkpoints(compose_train, tmp_path):
     """trainer.test() loads the *best* weights: saving last.ckpt then would be wrong."""
     run = ["debug=fast", "~callbacks.progress_bar", "test=true", "data.eval_batch_size=50"]

@@ -15,6 +15,7 @@ same config, writes into the same folder and continues the same TensorBoard run.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,23 @@ def resolve_resume(target: str | Path) -> tuple[Path, Path]:
             f"given on the command line, use ckpt_path={checkpoint} instead."
         )
     return run_dir, checkpoint
+
+
+def requeued_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run's ``last.ckpt`` when this process is a SLURM job started again after a requeue
+    (pre-emption, ``scontrol requeue``, SaveOnInterrupt's own requeue), else None.
+
+    A requeued batch job runs its script again with the same command line, hence the same
+    ``hydra.run.dir`` (give one: the default is timestamped) and no ``ckpt_path``; SLURM sets
+    ``SLURM_RESTART_COUNT`` (>= 1) only in such restarts. A restart before the first
+    checkpoint was saved starts from scratch, as the first attempt did.
+    """
+    try:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return None
+    checkpoint = RunLayout(run_dir).last_checkpoint
+    return checkpoint if restarts >= 1 and checkpoint.is_file() else None
 
 
 def quote(value: str | Path) -> str:

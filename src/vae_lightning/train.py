@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from vae_lightning.checkpoints import load_checkpoint
 from vae_lightning.config_checks import build_checked_model, check_config
@@ -24,7 +24,7 @@ from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
-from vae_lightning.run_dir import accepts_resume, save_run_record
+from vae_lightning.run_dir import accepts_resume, requeued_checkpoint, save_run_record
 from vae_lightning.run_layout import EVENT_GLOB
 from vae_lightning.seeding import seed_everything
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
@@ -46,6 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from is checked before the first file is written into the run dir.
     """
     check_config(cfg)  # and warns when the likelihood does not fit the data
+    resume_requeued_job(cfg)
     # A corrupt checkpoint fails here with a clear message rather than inside Lightning.
     resume_step = None
     if cfg.get("ckpt_path"):
@@ -87,6 +88,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("report"):
         write_report_after_training(trainer, Path(cfg.paths.output_dir))
     return metrics
+
+
+def resume_requeued_job(cfg: DictConfig) -> None:
+    """A SLURM job started again after a requeue continues its run dir's ``last.ckpt`` (see
+    run_dir.requeued_checkpoint and docs/slurm-preemption.md), unless given a ckpt_path."""
+    if cfg.get("ckpt_path"):
+        return
+    checkpoint = requeued_checkpoint(cfg.paths.output_dir)
+    if checkpoint is not None:
+        rank_zero_info(f"Requeued SLURM job: resuming from {checkpoint}")
+        with open_dict(cfg):
+            cfg.ckpt_path = str(checkpoint)
 
 
 BEST_PREFIX = "best/"

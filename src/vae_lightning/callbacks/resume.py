@@ -8,7 +8,9 @@ code 0*, so a scheduler sees success and the work since the last epoch is lost.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -82,6 +84,14 @@ class SaveOnInterrupt(L.Callback):
     batch, save ``last.ckpt``, flush the loggers and exit with code 128 + signal number
     (130, 143), printing the command that resumes the run.
 
+    ``requeue_signal`` (SIGUSR1 by default; SLURM sends it ahead of the time limit when the
+    job asks for ``--signal=B:USR1@<seconds>``) stops the same way and then, inside a SLURM
+    job, runs ``scontrol requeue <job>``: SLURM starts the job again, and train() resumes it
+    from last.ckpt (run_dir.requeued_checkpoint). Lightning's own SLURM auto-requeue saves
+    ``hpc_ckpt_<n>.ckpt`` from within the signal handler, wherever the batch is, with the RNG
+    states of that moment; this saves at a batch boundary, so the resumed run is exact (see
+    docs/slurm-preemption.md). Exit code 128 + 10 (138).
+
     Lightning's own SIGTERM flag is what stops the loop, at the point where its counters are
     consistent (after a batch, or after an epoch); a signal that arrives during validation
     is held back until validation ends, because Lightning would otherwise stop halfway
@@ -89,8 +99,9 @@ class SaveOnInterrupt(L.Callback):
     Ctrl-C stops at once, without saving (the previous checkpoints are left as they were).
     """
 
-    def __init__(self, run_dir: str | None = None) -> None:
+    def __init__(self, run_dir: str | None = None, requeue_signal: str | None = "SIGUSR1") -> None:
         self.run_dir = run_dir
+        self.requeue_signal = signal.Signals[requeue_signal] if requeue_signal else None
         self._received: signal.Signals | None = None
         self._previous_handlers: dict[signal.Signals, Any] = {}
         self._lightning_handler: Any = None
@@ -105,11 +116,15 @@ class SaveOnInterrupt(L.Callback):
         # Lightning installed its SIGTERM handler just before the fit loop started.
         self._lightning_handler = signal.getsignal(signal.SIGTERM)
         try:
-            for signum in INTERRUPT_SIGNALS:
+            for signum in self._handled_signals():
                 self._previous_handlers[signum] = signal.getsignal(signum)
                 signal.signal(signum, self._on_signal)
         except ValueError:  # not the main thread: signals cannot be handled here
             rank_zero_warn("SaveOnInterrupt: not in the main thread, signals are not handled.")
+
+    def _handled_signals(self) -> tuple[signal.Signals, ...]:
+        extra = () if self.requeue_signal is None else (self.requeue_signal,)
+        return (*INTERRUPT_SIGNALS, *extra)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._received is not None:
@@ -174,8 +189,42 @@ class SaveOnInterrupt(L.Callback):
         else:
             trainer.save_checkpoint(path, weights_only=False)
             saved = f"Saved {path} at {where}; the logs are flushed."
-        rank_zero_info(f"Interrupted by {received.name}. {saved} Resume with:\n  {resume}")
+        if received == self.requeue_signal and os.environ.get("SLURM_JOB_ID"):
+            rank_zero_info(f"Interrupted by {received.name}. {saved}")
+            requeue_slurm_job(trainer)
+        else:
+            rank_zero_info(f"Interrupted by {received.name}. {saved} Resume with:\n  {resume}")
         # SIGTERMException is a SystemExit with code None (exit status 0). Lightning
         # re-raises this same object, so its code becomes the process's exit status:
         # 128 + signal number, the shell's convention, so schedulers see the interruption.
         exception.code = 128 + int(received)
+
+
+def requeue_slurm_job(trainer: L.Trainer) -> None:
+    """Ask SLURM to requeue this job (rank 0; the other ranks belong to the same job).
+
+    The requeue makes SLURM send SIGTERM to the job's processes: it is ignored from here on,
+    so that the loggers are still flushed (last.ckpt is already complete), and the process
+    exits before SLURM's SIGKILL (KillWait seconds later).
+    """
+    if not trainer.is_global_zero:
+        return
+    array_job, array_task = (
+        os.environ.get("SLURM_ARRAY_JOB_ID"),
+        os.environ.get("SLURM_ARRAY_TASK_ID"),
+    )
+    job = f"{array_job}_{array_task}" if array_job and array_task else os.environ["SLURM_JOB_ID"]
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        answer = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        answer = subprocess.CompletedProcess([], 1, "", str(err))
+    if answer.returncode == 0:
+        rank_zero_info(f"Requeued SLURM job {job}: it resumes from last.ckpt when it restarts.")
+    else:
+        rank_zero_warn(
+            f"scontrol requeue {job} failed ({answer.stderr.strip()}): last.ckpt is saved; "
+            "resume with `vae-train resume=<run dir>` or submit the job again."
+        )
