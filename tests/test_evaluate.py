@@ -9,12 +9,11 @@ import pytest
 import torch
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from test_sweeps import output
 
 from helpers.data import idx_data
 from helpers.events import scalars
 from helpers.paths import CONF_DIR
-from helpers.runs import run_module, train_run, vae_train
+from helpers.runs import output, run_module, train_run, vae_train
 from vae_lightning.checkpoints import CheckpointError
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import MNISTDataModule

@@ -7,10 +7,7 @@ the generated IDX data and asks for one CPU, so two of them run at once on a 2-c
 
 from __future__ import annotations
 
-import functools
-import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,31 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers.data import idx_data
-from helpers.runs import vae_train
-
-
-@functools.cache  # sinfo retries for about 9 s when no controller answers: ask once
-def slurm_unavailable() -> str:
-    """Why the cluster tests cannot run here ("" when a controller answers)."""
-    if shutil.which("sinfo") is None:
-        return "no SLURM here (sinfo not found): start a local cluster with `sudo make slurm`"
-    try:
-        answer = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "the SLURM controller does not answer sinfo within 20 s"
-    if answer.returncode != 0:
-        return f"no SLURM controller answers (sinfo: {answer.stderr.strip()}): `sudo make slurm`"
-    return ""
-
-
-def require_slurm() -> None:
-    reason = slurm_unavailable()
-    if reason and os.environ.get("VAE_REQUIRE_SLURM") == "1":
-        pytest.fail(f"VAE_REQUIRE_SLURM=1 but {reason}")
-    if reason:
-        pytest.skip(reason)
-
+from helpers.runs import job_dirs, tiny_job_args, vae_train
+from helpers.slurm import require_slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -55,25 +29,6 @@ LOCAL_SLURM = [
     "hydra.launcher.cpus_per_task=1",
     "hydra.launcher.timeout_min=10",
 ]
-
-
-def tiny_job_args(idx_root: Path, sweep_dir: Path) -> list[str]:
-    """One short epoch on the generated data, outputs under sweep_dir."""
-    return [
-        "debug=fast",
-        *idx_data(idx_root),
-        "test=false",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "+trainer.num_sanity_val_steps=0",
-        "~callbacks.progress_bar",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"paths.log_dir={sweep_dir.parent / 'outputs'}",
-    ]
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 def file_tree(job_dir: Path) -> set[str]:

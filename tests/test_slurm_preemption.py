@@ -9,7 +9,6 @@ turns the skip into a failure. See docs/slurm-preemption.md.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,31 +23,15 @@ from test_resume import SMALL_RUN, assert_same_run
 from helpers.data import idx_data
 from helpers.events import event_folder, written_scalars
 from helpers.paths import PROJECT_ROOT
+from helpers.slurm import require_slurm
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.run_layout import EVENT_GLOB
 
 
-def slurm_unavailable() -> str:
-    """Why the cluster tests cannot run here ("" when a controller answers)."""
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "no SLURM here (sinfo/sbatch not found): start a local cluster with `make slurm`"
-    try:
-        answer = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "the SLURM controller does not answer sinfo within 20 s"
-    if answer.returncode != 0:
-        return f"no SLURM controller answers (sinfo: {answer.stderr.strip()}): `make slurm`"
-    return ""
-
-
 @pytest.fixture(autouse=True)
-def require_slurm() -> None:
-    reason = slurm_unavailable()
-    if reason and os.environ.get("VAE_REQUIRE_SLURM") == "1":
-        pytest.fail(f"VAE_REQUIRE_SLURM=1 but {reason}")
-    if reason:
-        pytest.skip(reason)
+def _needs_slurm() -> None:
+    require_slurm()
 
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,38 +13,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from helpers.data import idx_data
 from helpers.events import written_scalars
 from helpers.paths import CONF_DIR
-from helpers.runs import vae_train
-
-
-def tiny_job_args(idx_root: Path, sweep_dir: Path) -> list[str]:
-    """One short epoch on the generated data, outputs under sweep_dir."""
-    return [
-        "debug=fast",
-        *idx_data(idx_root),
-        "test=false",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "+trainer.num_sanity_val_steps=0",
-        "~callbacks.progress_bar",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"paths.log_dir={sweep_dir.parent / 'outputs'}",
-    ]
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-
-
-def tensorboard_runs(job_dir: Path) -> list[Path]:
-    """Folders under <job>/tensorboard holding event files: TensorBoard's runs."""
-    return sorted({p.parent for p in (job_dir / "tensorboard").rglob("events.out.tfevents.*")})
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout[-4000:] + result.stderr[-4000:]
+from helpers.runs import job_dirs, output, tensorboard_runs, tiny_job_args, vae_train
 
 
 def test_multirun_gives_each_job_its_folder_config_and_named_tensorboard_run(tmp_path, idx_root):

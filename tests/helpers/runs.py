@@ -75,3 +75,34 @@ def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedP
 def vae_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`vae-train ARGS` run from cwd as a user runs it (see run_module)."""
     return run_module("vae_lightning.train", args, cwd)
+
+
+# ------------------------------------------------------------------ multiruns
+def tiny_job_args(idx_root: Path, sweep_dir: Path) -> list[str]:
+    """One short epoch on the generated data, outputs under sweep_dir."""
+    return [
+        "debug=fast",
+        *idx_data(idx_root),
+        "test=false",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "+trainer.num_sanity_val_steps=0",
+        "~callbacks.progress_bar",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.log_dir={sweep_dir.parent / 'outputs'}",
+    ]
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Hydra's numbered job folders of a multirun, in job order."""
+    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def tensorboard_runs(job_dir: Path) -> list[Path]:
+    """Folders under <job>/tensorboard holding event files: TensorBoard's runs."""
+    return sorted({p.parent for p in (job_dir / "tensorboard").rglob("events.out.tfevents.*")})
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    """The end of a finished subprocess's stdout and stderr, for assertion messages."""
+    return result.stdout[-4000:] + result.stderr[-4000:]

@@ -44,7 +44,10 @@ def sample(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None)
 
     z keeps the dtype of ``mu``: it goes straight into the decoder, in the autocast dtype.
     """
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    if generator is None:
+        eps = torch.randn_like(mu)  # what torch.compile traces with dynamic batch sizes
+    else:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(0.5 * logvar) * eps
 
 
