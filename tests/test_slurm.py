@@ -97,9 +97,9 @@ def test_a_job_failing_on_slurm_is_reported_and_sets_the_exit_status(tmp_path, i
     assert result.returncode == 1, output(result)
     good, bad = job_dirs(sweep_dir)
     assert (good / "checkpoints" / "last.ckpt").is_file()
-    assert "ValueError: data.val_size=5000" in (bad / "failure.txt").read_text()
+    assert "ConfigError: data.val_size=5000" in (bad / "failure.txt").read_text()
     summary = result.stdout.split("1 job(s) of this sweep failed", 1)[1]
-    assert "1: overrides:" in summary and "ValueError: data.val_size=5000" in summary
+    assert "1: overrides:" in summary and "ConfigError: data.val_size=5000" in summary
     assert f"traceback: {bad / 'failure.txt'}" in summary
 
 
