@@ -16,6 +16,7 @@ the global step (so it survives a resume):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -92,13 +93,19 @@ class ObjectiveInput(NamedTuple):
     posterior: Posterior | None
 
 
+@dataclass
 class Objective:
     """Base of the objectives: ``objective(net, likelihood, x, kl_weight)`` -> ELBOTerms.
 
-    Subclasses implement :meth:`terms` and set ``schedule`` (the KL weight's schedule).
+    Every objective has the KL weight's schedule; subclasses add their own parameters as
+    typed fields (declared once: the config check reads them) and implement :meth:`terms`.
     """
 
-    schedule: KLSchedule
+    kl_warmup_steps: NonNegativeInt = 0
+    cycle_steps: NonNegativeInt = 0
+
+    def __post_init__(self) -> None:
+        self.schedule = KLSchedule(self.kl_warmup_steps, self.cycle_steps)
 
     def __call__(
         self,
@@ -114,6 +121,7 @@ class Objective:
         raise NotImplementedError
 
 
+@dataclass
 class ELBO(Objective):
     """loss = rec + weight * sum_d max(free_bits, KL_d), KL_d the batch-mean KL of dimension d.
 
@@ -122,14 +130,7 @@ class ELBO(Objective):
     With ``free_bits=0`` this is the (beta-)ELBO with the closed-form Gaussian KL.
     """
 
-    def __init__(
-        self,
-        kl_warmup_steps: NonNegativeInt = 0,
-        cycle_steps: NonNegativeInt = 0,
-        free_bits: NonNegativeFloat = 0.0,
-    ) -> None:
-        self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
-        self.free_bits = free_bits
+    free_bits: NonNegativeFloat = 0.0
 
     def terms(self, batch: ObjectiveInput) -> ELBOTerms:
         net, likelihood, x, kl_weight, posterior = batch
@@ -147,6 +148,7 @@ class ELBO(Objective):
         return ELBOTerms(loss=rec + kl_weight * penalty, rec=rec, kl=kl, elbo=elbo, bound=elbo)
 
 
+@dataclass
 class IWAE(Objective):
     """loss = -IWAE_k: the k-sample importance-weighted bound (Burda et al., 2016).
 
@@ -156,14 +158,7 @@ class IWAE(Objective):
     :class:`ELBO`. With k = 1 the loss is the ELBO with a Monte-Carlo KL estimate.
     """
 
-    def __init__(
-        self,
-        k: PositiveInt = 5,
-        kl_warmup_steps: NonNegativeInt = 0,
-        cycle_steps: NonNegativeInt = 0,
-    ) -> None:
-        self.k = k
-        self.schedule = KLSchedule(kl_warmup_steps, cycle_steps)
+    k: PositiveInt = 5
 
     def terms(self, batch: ObjectiveInput) -> ELBOTerms:
         net, likelihood, x, kl_weight, posterior = batch
