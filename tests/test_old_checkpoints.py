@@ -9,8 +9,8 @@ from vae_lightning.lit_module import VAELitModule
 
 
 def test_v0_1_checkpoint_loads_alone_and_reproduces_its_numbers():
-    """tests/fixtures/checkpoint_v0_1_mlp.ckpt was written by v0.1's main (an MLP, before
-    likelihoods and objectives were configurable); the .json holds what it computed then."""
+    """tests/fixtures/checkpoint_v0_1_mlp.ckpt was written by v0.1's main (a small MLP after
+    4 steps of `debug=fast`, before this refactor); the .json holds what it computed then."""
     expected = json.loads((FIXTURES / "checkpoint_v0_1_mlp.json").read_text())
     module = VAELitModule.load_from_checkpoint(FIXTURES / "checkpoint_v0_1_mlp.ckpt")
     module.eval()
@@ -21,3 +21,5 @@ def test_v0_1_checkpoint_loads_alone_and_reproduces_its_numbers():
     torch.testing.assert_close(mu[0], torch.tensor(expected["mu"]), rtol=0, atol=1e-5)
     torch.testing.assert_close(logvar[0], torch.tensor(expected["logvar"]), rtol=0, atol=1e-5)
     assert abs(logits.sum().item() - expected["logits_sum"]) <= 1e-5
+    saved = torch.load(FIXTURES / "checkpoint_v0_1_mlp.ckpt", weights_only=True)
+    assert saved["global_step"] == expected["global_step"]
