@@ -69,10 +69,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")
     save_run_record(cfg)
     loggers = instantiate_loggers(cfg.get("logger"), resume_step)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_named(cfg.get("callbacks")),
-        logger=loggers or False,
+    # Built objects are handed to the Trainer directly: keyword arguments of `instantiate`
+    # would go through OmegaConf, which turns dataclass instances (our callbacks) into configs.
+    make_trainer = instantiate(cfg.trainer, _partial_=True)
+    trainer: L.Trainer = make_trainer(
+        callbacks=instantiate_named(cfg.get("callbacks")), logger=loggers or False
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -7,11 +7,13 @@ or objective: ``pl_module.net.encode(x) -> (mu, logvar)`` and ``pl_module.decode
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
@@ -61,6 +63,7 @@ def decode(pl_module: L.LightningModule, z: Tensor) -> Tensor:
     return pl_module.decode_mean(z).float().clamp(0.0, 1.0).cpu()
 
 
+@dataclass(eq=False)  # callbacks compare and hash by identity, as Lightning expects
 class VisualCallback(L.Callback):
     """Base of the visual callbacks: fixed validation images and an every-N-epochs schedule.
 
@@ -69,16 +72,19 @@ class VisualCallback(L.Callback):
     sanity check's are replaced then, as it may see fewer batches); from then on every epoch
     shows the same inputs and the pictures show progress rather than sampling noise.
     Subclasses implement :meth:`log_visuals`, called on rank 0 only, with no gradient, every
-    ``every_n_epochs``.
+    ``every_n_epochs``. Subclasses are dataclasses too: their parameters are typed fields,
+    declared once (the config check reads them), with their own defaults.
     """
 
-    def __init__(self, num_images: int, every_n_epochs: int = 1) -> None:
-        if every_n_epochs < 1:
+    num_images: NonNegativeInt = 0
+    every_n_epochs: PositiveInt = 1
+
+    def __post_init__(self) -> None:
+        if self.every_n_epochs < 1:
             raise ValueError(
-                f"every_n_epochs={every_n_epochs} for {type(self).__name__}: it must be at "
-                "least 1. To switch the callback off, drop it: ~callbacks.<name>."
+                f"every_n_epochs={self.every_n_epochs} for {type(self).__name__}: it must be "
+                "at least 1. To switch the callback off, drop it: ~callbacks.<name>."
             )
-        self.num_images, self.every_n_epochs = num_images, every_n_epochs
         self.images: Tensor | None = None
         self.labels: Tensor | None = None
         self._frozen = False  # the fixed set is complete

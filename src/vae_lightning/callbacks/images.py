@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 from pydantic import NonNegativeInt, PositiveInt
@@ -11,6 +13,7 @@ from torchvision.utils import make_grid
 from vae_lightning.callbacks.base import VisualCallback, decode, encode
 
 
+@dataclass(eq=False)
 class ReconstructionsAndSamples(VisualCallback):
     """Logs ``val/reconstructions`` (inputs above reconstructions) and ``val/samples``.
 
@@ -19,15 +22,9 @@ class ReconstructionsAndSamples(VisualCallback):
     posterior mean.
     """
 
-    def __init__(
-        self,
-        num_images: PositiveInt = 8,
-        num_samples: PositiveInt = 64,
-        every_n_epochs: PositiveInt = 1,
-        seed: NonNegativeInt = 0,
-    ) -> None:
-        super().__init__(num_images, every_n_epochs)
-        self.num_samples, self.seed = num_samples, seed
+    num_images: PositiveInt = 8  # inputs above their reconstructions
+    num_samples: PositiveInt = 64  # the same prior draws every epoch
+    seed: NonNegativeInt = 0
 
     def log_visuals(
         self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter

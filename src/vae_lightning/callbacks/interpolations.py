@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import lightning as L
 import torch
 from pydantic import PositiveInt
@@ -12,6 +14,7 @@ from vae_lightning.callbacks.base import VisualCallback, decode, encode
 from vae_lightning.models.latent import INTERPOLATIONS, Interpolation
 
 
+@dataclass(eq=False)
 class LatentInterpolations(VisualCallback):
     """Logs ``val/interpolations``: one row per pair of fixed validation images.
 
@@ -25,15 +28,14 @@ class LatentInterpolations(VisualCallback):
             where a high-dimensional Gaussian keeps its mass).
     """
 
-    def __init__(
-        self,
-        num_pairs: PositiveInt = 8,
-        num_steps: PositiveInt = 10,
-        method: Interpolation = "linear",
-        every_n_epochs: PositiveInt = 1,
-    ) -> None:
-        super().__init__(2 * num_pairs, every_n_epochs)
-        self.num_steps, self.method = num_steps, method
+    num_pairs: PositiveInt = 8
+    num_steps: PositiveInt = 10
+    method: Interpolation = "linear"
+    num_images: int = field(default=16, init=False)  # two per pair: set from num_pairs
+
+    def __post_init__(self) -> None:
+        self.num_images = 2 * self.num_pairs
+        super().__post_init__()
 
     def log_visuals(
         self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 from pydantic import PositiveInt
 from torch.utils.tensorboard import SummaryWriter
@@ -14,6 +16,7 @@ from vae_lightning.plots import figure_to_array, latent_scatter
 PROJECTOR_TAG = "val/latent"
 
 
+@dataclass(eq=False)
 class LatentSpace(VisualCallback):
     """Posterior means E_q[z|x] of ``num_images`` fixed validation images, seen two ways.
 
@@ -27,15 +30,10 @@ class LatentSpace(VisualCallback):
     about 0.5 MB), hence the default of every 5 epochs (and always the last).
     """
 
-    def __init__(
-        self,
-        num_images: PositiveInt = 1000,
-        every_n_epochs: PositiveInt = 5,
-        projector: bool = True,
-        pca: bool = True,
-    ) -> None:
-        super().__init__(num_images, every_n_epochs)
-        self.projector, self.pca = projector, pca
+    num_images: PositiveInt = 1000
+    every_n_epochs: PositiveInt = 5
+    projector: bool = True
+    pca: bool = True
 
     def log_visuals(
         self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -14,6 +15,7 @@ from vae_lightning.callbacks.base import VisualCallback, decode
 from vae_lightning.models.latent import gaussian_grid
 
 
+@dataclass(eq=False)
 class LatentManifold(VisualCallback):
     """Logs ``val/manifold``: decoder means over a grid of N(0, 1) quantiles.
 
@@ -26,15 +28,13 @@ class LatentManifold(VisualCallback):
             spans about +-1.64 standard deviations.
     """
 
-    def __init__(
-        self,
-        grid_size: PositiveInt = 20,
-        quantile_range: Sequence[float] = (0.05, 0.95),
-        every_n_epochs: PositiveInt = 1,
-    ) -> None:
-        super().__init__(num_images=0, every_n_epochs=every_n_epochs)
-        self.grid_size = grid_size
-        self.latents = gaussian_grid(grid_size, *quantile_range)
+    grid_size: PositiveInt = 20
+    quantile_range: Sequence[float] = (0.05, 0.95)
+    num_images: int = field(default=0, init=False)  # decodes a grid, shows no input image
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.latents = gaussian_grid(self.grid_size, *self.quantile_range)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.net.latent_dim != 2:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 from pydantic import NonNegativeFloat, PositiveInt
@@ -11,6 +13,7 @@ from vae_lightning.models import gaussian
 from vae_lightning.models.diagnostics import ACTIVE_UNIT_THRESHOLD, active_units
 
 
+@dataclass(eq=False)
 class PosteriorCollapse(VisualCallback):
     """Logs ``val/kl_per_dim`` (histogram over dimensions) and ``val/active_units`` (scalar).
 
@@ -27,14 +30,8 @@ class PosteriorCollapse(VisualCallback):
     threshold test at 0.01.
     """
 
-    def __init__(
-        self,
-        num_images: PositiveInt = 1000,
-        every_n_epochs: PositiveInt = 1,
-        threshold: NonNegativeFloat = ACTIVE_UNIT_THRESHOLD,
-    ) -> None:
-        super().__init__(num_images, every_n_epochs)
-        self.threshold = threshold
+    num_images: PositiveInt = 1000
+    threshold: NonNegativeFloat = ACTIVE_UNIT_THRESHOLD
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
@@ -13,6 +15,7 @@ from vae_lightning.models import gaussian
 from vae_lightning.models.latent import traversal_latents
 
 
+@dataclass(eq=False)
 class LatentTraversals(VisualCallback):
     """Logs ``val/traversals``: row k varies one latent dimension over [-limit, limit].
 
@@ -29,23 +32,19 @@ class LatentTraversals(VisualCallback):
         num_images: fixed validation images over which the KL per dimension is averaged.
     """
 
-    def __init__(
-        self,
-        num_dims: PositiveInt = 10,
-        num_steps: PositiveInt = 11,
-        limit: PositiveFloat = 3.0,
-        image_index: NonNegativeInt = 0,
-        num_images: PositiveInt = 256,
-        every_n_epochs: PositiveInt = 1,
-    ) -> None:
-        if not 0 <= image_index < num_images:
+    num_dims: PositiveInt = 10
+    num_steps: PositiveInt = 11
+    limit: PositiveFloat = 3.0
+    image_index: NonNegativeInt = 0
+    num_images: PositiveInt = 256
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.image_index < self.num_images:
             raise ValueError(
-                f"image_index={image_index} must index one of the num_images={num_images} "
-                "fixed validation images."
+                f"image_index={self.image_index} must index one of the num_images="
+                f"{self.num_images} fixed validation images."
             )
-        super().__init__(num_images, every_n_epochs)
-        self.num_dims, self.num_steps, self.limit = num_dims, num_steps, limit
-        self.image_index = image_index
+        super().__post_init__()
 
     def log_visuals(
         self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter
