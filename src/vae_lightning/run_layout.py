@@ -63,5 +63,10 @@ class RunLayout:
 
     def event_dirs(self) -> list[Path]:
         """Folders under the run dir holding TensorBoard event files, report/ excluded."""
-        found = {path.parent for path in self.root.rglob(EVENT_GLOB)}
-        return sorted(d for d in found if REPORT_DIR not in d.relative_to(self.root).parts)
+        found = event_folders(self.root)
+        return [d for d in found if REPORT_DIR not in d.relative_to(self.root).parts]
+
+
+def event_folders(root: Path) -> list[Path]:
+    """Folders at or under ``root`` that hold TensorBoard event files, sorted; [] if none."""
+    return sorted({path.parent for path in Path(root).rglob(EVENT_GLOB)})

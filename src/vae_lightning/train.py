@@ -25,7 +25,7 @@ from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
 from vae_lightning.run_dir import accepts_resume, requeued_checkpoint, save_run_record
-from vae_lightning.run_layout import EVENT_GLOB
+from vae_lightning.run_layout import event_folders
 from vae_lightning.seeding import seed_everything
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
@@ -166,9 +166,9 @@ def instantiate_loggers(group: DictConfig | None, resume_step: int | None) -> li
 def event_subfolders(log_root: Path) -> list[str]:
     """Folders under a TensorBoard logger's root that hold event files, relative to it
     ("" for the root itself)."""
-    found = {path.parent for path in log_root.rglob(EVENT_GLOB)} if log_root.is_dir() else set()
     return sorted(
-        "" if folder == log_root else str(folder.relative_to(log_root)) for folder in found
+        "" if folder == log_root else str(folder.relative_to(log_root))
+        for folder in event_folders(log_root)
     )
 
 
