@@ -84,18 +84,25 @@ def likelihood_data_mismatch(likelihood: type, binarize: str) -> str | None:
 
 
 def model_output_problem(model: torch.nn.Module, image_shape: list[int]) -> str | None:
-    """Run a batch of zeros of ``image_shape`` through ``model``; a problem if it gives not one
-    value per pixel. Exceptions propagate: the caller reports them with both shapes."""
+    """Run a batch of zeros of ``image_shape`` through ``model``; a problem if its decoder
+    does not give the likelihood's values per pixel (``likelihood.decoder_channels``, one per
+    channel by default). Exceptions propagate: the caller reports them with both shapes."""
     x = torch.zeros(2, *image_shape)
     with forked_rng(), torch.no_grad():
         model.eval()
         out = model(x)
         model.train()
     logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor) and tuple(logits.shape) != tuple(x.shape):
+    likelihood = getattr(model, "likelihood", None)
+    channels = (
+        image_shape[0] if likelihood is None else likelihood.decoder_channels(image_shape[0])
+    )
+    expected = (2, channels, *image_shape[1:])
+    if isinstance(logits, torch.Tensor) and tuple(logits.shape) != expected:
         return (
             f"turns images of data.image_shape={list(image_shape)} into outputs of shape "
-            f"{tuple(logits.shape[1:])}; the decoder must give one value per pixel."
+            f"{tuple(logits.shape[1:])}; the likelihood needs {expected[1:]} ({channels} "
+            "values per pixel)."
         )
     return None
 

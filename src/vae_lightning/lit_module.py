@@ -72,9 +72,14 @@ class VAELitModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net: VAE = instantiate(net, latent_dim=latent_dim)
         # A module: a learned Gaussian variance is a parameter, saved and optimised with the net.
         self.likelihood: Likelihood = instantiate(likelihood or BERNOULLI)
+        image_channels = net["image_shape"][0]
+        self.net: VAE = instantiate(
+            net,
+            latent_dim=latent_dim,
+            output_channels=self.likelihood.decoder_channels(image_channels),
+        )
         self.objective: Objective = instantiate(objective or PLAIN_ELBO)
         # Epoch means for evaluation, weighted by batch size and synced across DDP ranks, so
         # they are exact per-image averages over the whole split.

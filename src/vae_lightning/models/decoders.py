@@ -13,13 +13,13 @@ from torch import Tensor, nn
 
 
 class MLPDecoder(nn.Module):
-    """latent -> hidden layers -> one output per pixel, reshaped to the image."""
+    """latent -> hidden layers -> the likelihood's parameters, shaped (channels, H, W)."""
 
     def __init__(
         self,
         latent_dim: int,
         hidden_dims: Sequence[int],
-        image_shape: Sequence[int],
+        output_shape: Sequence[int],
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
@@ -28,7 +28,7 @@ class MLPDecoder(nn.Module):
         for hidden in hidden_dims:
             layers += [nn.Linear(width, hidden), activation()]
             width = hidden
-        layers += [nn.Linear(width, math.prod(image_shape)), nn.Unflatten(1, tuple(image_shape))]
+        layers += [nn.Linear(width, math.prod(output_shape)), nn.Unflatten(1, tuple(output_shape))]
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -58,13 +58,13 @@ class ConvDecoder(nn.Module):
         latent_dim: int,
         hidden_dim: int,
         channels: Sequence[int],
-        image_shape: Sequence[int],
+        output_shape: Sequence[int],
     ) -> None:
         super().__init__()
-        if tuple(image_shape[1:]) != (28, 28) or len(channels) != 3:
+        if tuple(output_shape[1:]) != (28, 28) or len(channels) != 3:
             raise ValueError(
-                f"ConvDecoder supports 28x28 images with 3 conv stages, got image_shape="
-                f"{tuple(image_shape)} and channels={tuple(channels)}."
+                f"ConvDecoder supports 28x28 images with 3 conv stages, got output_shape="
+                f"{tuple(output_shape)} and channels={tuple(channels)}."
             )
         top, mid, low = channels[::-1]  # 64, 32, 16
         self.seed_shape = (top, 4, 4)
@@ -77,7 +77,7 @@ class ConvDecoder(nn.Module):
         self.upsample = nn.Sequential(
             deconv_block(top, mid, output_padding=0),  # 4 -> 7
             deconv_block(mid, low, output_padding=1),  # 7 -> 14
-            nn.ConvTranspose2d(low, image_shape[0], 3, stride=2, padding=1, output_padding=1),
+            nn.ConvTranspose2d(low, output_shape[0], 3, stride=2, padding=1, output_padding=1),
         )
 
     def forward(self, z: Tensor) -> Tensor:

@@ -1,10 +1,11 @@
 """Decoder likelihoods p(x|z): each turns the decoder's output into a normalised log-density.
 
-The decoder emits one value per pixel, ``logits``, whatever the likelihood; each class says
-what it means. ``log_prob`` sums over the image dimensions (C, H, W) and broadcasts over any
-leading ones, so the same code serves one sample per image (ELBO) and k samples per image
-(IWAE: logits of shape (k, B, C, H, W) against x of shape (B, C, H, W)). Every log-density is
-normalised, so the ELBO computed with it is a true lower bound on log p(x).
+The decoder emits ``decoder_channels(C)`` values per pixel, ``logits`` (one per channel for
+all but mixtures), and each class says what they mean. ``log_prob`` sums over the image
+dimensions (C, H, W) and broadcasts over any leading ones, so the same code serves one
+sample per image (ELBO) and k samples per image (IWAE: logits of shape (k, B, C, H, W)
+against x of shape (B, C, H, W)). Every log-density is normalised, so the ELBO computed with
+it is a true lower bound on log p(x).
 
 Which data goes with which likelihood:
 - ``Bernoulli``: binary pixels (``data.binarize=dynamic|static``).
@@ -32,6 +33,11 @@ class Likelihood(nn.Module):
 
     # The data it is a likelihood of: 0/1 pixels (True) or grey levels in [0, 1] (False).
     expects_binary: bool
+
+    def decoder_channels(self, image_channels: int) -> int:
+        """How many values per pixel the decoder emits: one per channel unless the likelihood
+        needs more (a mixture's weights, means and scales)."""
+        return image_channels
 
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError

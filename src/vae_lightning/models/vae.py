@@ -81,17 +81,30 @@ WEIGHT_INITS: dict[str, Callable[[nn.Module], None]] = {
 WeightInit = Literal[tuple(WEIGHT_INITS)]
 
 
+def output_shape(image_shape: Sequence[int], output_channels: int | None) -> tuple[int, ...]:
+    """The decoder's output shape: ``output_channels`` (default: the image's) by H by W."""
+    channels, *size = image_shape
+    return (output_channels or channels, *size)
+
+
 def mlp_vae(
     image_shape: ImageShape,
     latent_dim: PositiveInt = 20,
     hidden_dims: Sequence[PositiveInt] = (400,),
     activation: Activation = "relu",
     init: WeightInit = "pytorch",
+    output_channels: PositiveInt | None = None,
 ) -> VAE:
-    """Fully connected VAE; the defaults are Kingma & Welling's 784-400-20."""
+    """Fully connected VAE; the defaults are Kingma & Welling's 784-400-20.
+
+    ``output_channels``: values per pixel the decoder emits (the likelihood's
+    ``decoder_channels``); None is one per image channel.
+    """
     act = ACTIVATIONS[activation]
     encoder = MLPEncoder(image_shape, hidden_dims, latent_dim, act)
-    decoder = MLPDecoder(latent_dim, list(hidden_dims)[::-1], image_shape, act)
+    decoder = MLPDecoder(
+        latent_dim, list(hidden_dims)[::-1], output_shape(image_shape, output_channels), act
+    )
     vae = VAE(encoder, decoder, latent_dim)
     WEIGHT_INITS[init](vae)
     return vae
@@ -103,10 +116,13 @@ def conv_vae(
     channels: Annotated[Sequence[PositiveInt], Len(3, 3)] = (16, 32, 64),
     hidden_dim: PositiveInt = 256,
     init: WeightInit = "pytorch",
+    output_channels: PositiveInt | None = None,
 ) -> VAE:
     """The reference convolutional VAE: conv 16/32/64, BatchNorm, ELU, 256 hidden units."""
     encoder = ConvEncoder(image_shape, channels, hidden_dim, latent_dim)
-    decoder = ConvDecoder(latent_dim, hidden_dim, channels, image_shape)
+    decoder = ConvDecoder(
+        latent_dim, hidden_dim, channels, output_shape(image_shape, output_channels)
+    )
     vae = VAE(encoder, decoder, latent_dim)
     WEIGHT_INITS[init](vae)
     return vae
