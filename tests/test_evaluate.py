@@ -78,6 +78,7 @@ def test_vae_eval_cli_reproduces_the_test_metrics_logged_after_training(trained_
     assert report["ckpt_path"] == str(ckpt)
     assert report["data"]["dataset"] == "mnist" and report["data"]["binarize"] == "dynamic"
     assert report["likelihood"] == "Bernoulli" and report["objective"] == "ELBO"
+    assert report["prior"] == "StandardNormal" and report["kl_estimator"] == "closed_form"
     assert report["peak_memory_mb"] > 0
 
 

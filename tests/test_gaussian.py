@@ -7,6 +7,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from vae_lightning.models import gaussian
+from vae_lightning.models.iwae import standard_gaussian_latents
 
 
 @pytest.fixture
@@ -99,14 +100,15 @@ def test_sample_keeps_the_dtype_and_is_differentiable(posterior):
     )
 
 
-def test_log_prior_ratio_is_log_p_minus_log_q(posterior):
+def test_standard_gaussian_latents_give_log_q_and_log_p(posterior):
     mu, logvar = posterior
-    samples = gaussian.sample_k(mu, logvar, 4, torch.Generator().manual_seed(6))
+    draws = standard_gaussian_latents(mu, logvar, 4, torch.Generator().manual_seed(6))
     q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
-    expected = Normal(0.0, 1.0).log_prob(samples.z).sum(-1) - q.log_prob(samples.z)
-    ratio = gaussian.log_prior_ratio(samples, logvar)
-    assert ratio.shape == (4, 16)
-    torch.testing.assert_close(ratio, expected, rtol=1e-5, atol=1e-4)
+    assert draws.log_q.shape == draws.log_p.shape == (4, 16)
+    torch.testing.assert_close(draws.log_q, q.log_prob(draws.z), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(draws.log_p, Normal(0.0, 1.0).log_prob(draws.z).sum(-1))
+    samples = gaussian.sample_k(mu, logvar, 4, torch.Generator().manual_seed(6))
+    torch.testing.assert_close(samples.z, draws.z, rtol=0, atol=0)  # the same draws
     torch.testing.assert_close(
         gaussian.log_normal_from_noise(samples.eps, logvar),
         gaussian.log_normal(samples.z, mu, logvar),

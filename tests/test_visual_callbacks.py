@@ -173,7 +173,7 @@ class BandNet(nn.Module):
         self.register_buffer("scale", torch.tensor(scale))
         self.register_buffer("logvar", torch.tensor(logvar))
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode_code(self, x: Tensor) -> tuple[Tensor, Tensor]:
         signal = x[:, 0, 0, 0:1]
         return signal * self.scale, self.logvar.expand(len(x), -1)
 

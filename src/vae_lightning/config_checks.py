@@ -32,6 +32,7 @@ from vae_lightning.config_rules import (
     likelihood_data_mismatch,
     limits_of,
     model_output_problem,
+    objective_problem,
 )
 from vae_lightning.errors import ConfigError
 from vae_lightning.signatures import argument_problems
@@ -39,7 +40,13 @@ from vae_lightning.signatures import argument_problems
 OURS = "vae_lightning."
 HYDRA_KEYS = ("_target_", "_recursive_", "_convert_", "_partial_", "_args_")
 # Arguments train() gives a group's target from elsewhere in the config (see train.py).
-PASSED_FROM_ELSEWHERE = {"model": ("test_iwae_k",)}
+# Arguments a component gets from elsewhere in the config when it is built: by component
+# key, the argument's name and the config key it comes from.
+PASSED_FROM_ELSEWHERE = {
+    "model": {"test_iwae_k": "test_iwae_k"},
+    "prior": {"latent_dim": "model.latent_dim"},
+    "posterior": {"latent_dim": "model.latent_dim"},
+}
 # Built for real right after the checks, by build_checked_model: not built twice.
 BUILT_LATER = ("model",)
 INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
@@ -102,29 +109,39 @@ Problems = list[tuple[str, str]]  # (the key a problem is about, the problem)
 
 def component_problems(cfg: DictConfig, key: str, node: DictConfig) -> Problems:
     """The node's arguments against its target's signature, then a dry build of it."""
-    passed = {name: cfg.get(name) for name in PASSED_FROM_ELSEWHERE.get(key, ()) if name in cfg}
-    problems = node_problems(node, key, passed)
+    sources = {
+        name: source
+        for name, source in PASSED_FROM_ELSEWHERE.get(key, {}).items()
+        if OmegaConf.select(cfg, source) is not None
+    }
+    passed = {name: OmegaConf.select(cfg, source) for name, source in sources.items()}
+    problems = node_problems(node, key, passed, sources)
     if problems or key in BUILT_LATER:
         return problems
     try:
-        dry_build(node)
+        dry_build(node, passed)
     except Exception as err:  # the component's own message says what to set
         return [(key, f"{key}: {root_cause(err)}")]
     return []
 
 
-def dry_build(node: DictConfig) -> None:
+def dry_build(node: DictConfig, passed: dict[str, Any]) -> None:
     """Build our components, and optimizers on a dummy parameter, so their constructors check
     what relates several parameters. Other third-party classes are built when they run."""
     target = node._target_
     if target.startswith(OURS):
-        instantiate(node)
+        instantiate(node, **passed)
     elif issubclass(get_object(target), torch.optim.Optimizer):
         instantiate(node, params=[torch.nn.Parameter(torch.zeros(1))])
 
 
-def node_problems(node: DictConfig, key: str, passed: dict[str, Any]) -> Problems:
-    """Problems of one ``_target_`` node and of the ``_target_`` nodes nested in it."""
+def node_problems(
+    node: DictConfig, key: str, passed: dict[str, Any], sources: dict[str, str] | None = None
+) -> Problems:
+    """Problems of one ``_target_`` node and of the ``_target_`` nodes nested in it.
+
+    ``passed`` are the arguments given when it is built, ``sources`` the config keys they
+    come from (a problem with one is about that key)."""
     raw = OmegaConf.to_container(node, resolve=False)
     problems: Problems = []
     nested = [name for name, value in raw.items() if is_target_node(value)]
@@ -147,7 +164,7 @@ def node_problems(node: DictConfig, key: str, passed: dict[str, Any]) -> Problem
         if name not in HYDRA_KEYS and not (recursive and name in nested)  # given built objects
     }
     for problem in argument_problems(checker, {**arguments, **passed}):
-        own = problem.parameter if problem.parameter in passed else f"{key}.{problem.parameter}"
+        own = (sources or {}).get(problem.parameter, f"{key}.{problem.parameter}")
         source = INTERPOLATION.match(str(raw.get(problem.parameter, "")))
         about = source.group(1) if source else own
         where = f" for {own}" if about != own else ""
@@ -207,4 +224,13 @@ def build_checked_model(
         raise config_error([f"{model_name} {problem}"], fix) from err
     if problem:
         raise config_error([f"{model_name} {problem}"], fix)
+    unsupported = None if shape is None else objective_problem(model, shape)
+    if unsupported:
+        combination = ", ".join(
+            _choice(group, group) for group in ("objective", "model", "prior", "posterior")
+        )
+        raise config_error(
+            [f"{combination} do not combine: {unsupported}"],
+            "Pick an objective, model, prior and posterior that combine (docs/models.md).",
+        )
     return model

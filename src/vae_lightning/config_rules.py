@@ -107,6 +107,24 @@ def model_output_problem(model: torch.nn.Module, image_shape: list[int]) -> str 
     return None
 
 
+# ------------------------------------------------------------------ objective <-> model
+
+
+def objective_problem(model: torch.nn.Module, image_shape: list[int]) -> str | None:
+    """Evaluate the model's objective once on a batch of zeros; the objective's own message
+    when it cannot be computed for this model (free bits without a closed-form KL, ...)."""
+    if not hasattr(model, "objective"):  # a user's own LightningModule
+        return None
+    x = torch.zeros(2, *image_shape)
+    labels = torch.zeros(2, dtype=torch.long) if model.net.conditional else None
+    with forked_rng(), torch.no_grad():
+        try:
+            model.objective(model.net, model.likelihood, x, 1.0, labels=labels)
+        except ValueError as err:
+            return str(err)
+    return None
+
+
 # ------------------------------------------------------------------ trainer <-> machine
 
 

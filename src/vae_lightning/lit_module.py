@@ -29,9 +29,12 @@ TERMS = ELBOTerms._fields  # loss, rec, kl, elbo, bound
 # The bound is a selection metric, logged for validation and test; per training step it would
 # repeat train/elbo (ELBO) or -train/loss (IWAE at full weight).
 TRAIN_TERMS = tuple(name for name in TERMS if name != "bound")
-# Defaults for checkpoints written before likelihoods and objectives were configurable.
+# Defaults for checkpoints written before likelihoods, objectives, priors and posteriors
+# were configurable.
 BERNOULLI = {"_target_": "vae_lightning.models.likelihoods.Bernoulli"}
 PLAIN_ELBO = {"_target_": "vae_lightning.models.objectives.ELBO"}
+STANDARD_PRIOR = {"_target_": "vae_lightning.models.priors.StandardNormal"}
+GAUSSIAN_POSTERIOR = {"_target_": "vae_lightning.models.posteriors.GaussianPosterior"}
 
 
 class VAELitModule(L.LightningModule):
@@ -53,6 +56,9 @@ class VAELitModule(L.LightningModule):
         likelihood: config of a :class:`Likelihood` (default Bernoulli): what the decoder's
             output means and the log p(x|z) every metric uses.
         objective: config of :class:`ELBO` (default) or :class:`IWAE`: what is optimised.
+        prior: config of a :class:`Prior` p(z) (default N(0, I)), built with ``latent_dim``.
+        posterior: config of a :class:`Posterior` q(z|x) (default the encoder's Gaussian; a
+            flow transforms it), built with ``latent_dim``.
         test_iwae_k: importance samples per image for ``test/nll_iwae`` (0 skips it).
         iwae_chunk_rows: decoder rows per pass of that estimator; bounds its memory.
     """
@@ -69,16 +75,20 @@ class VAELitModule(L.LightningModule):
         test_iwae_k: NonNegativeInt = 100,
         iwae_chunk_rows: PositiveInt = 16384,
         channels_last: bool = False,
+        prior: dict[str, Any] | None = None,
+        posterior: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         # A module: a learned Gaussian variance is a parameter, saved and optimised with the net.
         self.likelihood: Likelihood = instantiate(likelihood or BERNOULLI)
         image_channels = net["image_shape"][0]
-        self.net: VAE = instantiate(
-            net,
+        # Called, not instantiated with them: Hydra would turn the built modules into configs.
+        self.net: VAE = instantiate(net, _partial_=True)(
             latent_dim=latent_dim,
             output_channels=self.likelihood.decoder_channels(image_channels),
+            prior=instantiate(prior or STANDARD_PRIOR, latent_dim=latent_dim),
+            posterior=instantiate(posterior or GAUSSIAN_POSTERIOR, latent_dim=latent_dim),
         )
         self.objective: Objective = instantiate(objective or PLAIN_ELBO)
         # Epoch means for evaluation, weighted by batch size and synced across DDP ranks, so
@@ -92,12 +102,25 @@ class VAELitModule(L.LightningModule):
         self.last_train_values: dict[str, Tensor] = {}  # train/* of the latest training step
         self._checkpoint_step: int | None = None  # set when weights come from a checkpoint
 
-    def forward(self, x: Tensor) -> VAEOutput:
-        return self.net(x)
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> VAEOutput:
+        return self.net(x, labels)
 
-    def decode_mean(self, z: Tensor) -> Tensor:
-        """The mean image E[x|z] under the likelihood (pixel probabilities for Bernoulli)."""
-        return self.likelihood.mean(self.net.decode(z))
+    def decode_mean(self, code: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The mean image E[x|z] of codes of ``net.encode_code``/``net.sample_prior`` under
+        the likelihood (pixel probabilities for Bernoulli)."""
+        return self.likelihood.mean(self.net.decode_code(code, labels))
+
+    @property
+    def kl_estimator(self) -> str:
+        """How ``*/kl`` is computed: ``closed_form`` or ``monte_carlo`` (one draw per image,
+        log q(z|x) - log p(z) at the z the reconstruction term decodes)."""
+        mu = torch.zeros(1, self.net.latent_dim, device=self.device)
+        closed_form = self.net.kl_per_dim(mu, mu) is not None
+        return "closed_form" if closed_form else "monte_carlo"
+
+    def batch_labels(self, batch: tuple[Tensor, Tensor]) -> Tensor | None:
+        """The batch's labels for a conditional network, None for the others."""
+        return batch[1] if self.net.conditional else None
 
     @property
     def kl_weight(self) -> float:
@@ -163,9 +186,11 @@ class VAELitModule(L.LightningModule):
     def _shared_step(
         self, batch: tuple[Tensor, Tensor], stage: str, posterior: Posterior | None = None
     ) -> Tensor:
-        images, _ = batch
+        images, labels = batch[0], self.batch_labels(batch)
         kl_weight = self.kl_weight
-        terms = self.objective(self.net, self.likelihood, images, kl_weight, posterior=posterior)
+        terms = self.objective(
+            self.net, self.likelihood, images, kl_weight, posterior=posterior, labels=labels
+        )
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
             values = {
@@ -221,8 +246,8 @@ class VAELitModule(L.LightningModule):
         importance samples come from their own generator, seeded like the batch (so under
         DDP too, test/nll_iwae is that of one process) but on a stream apart from the ELBO's.
         """
-        images, _ = batch
-        mu, logvar = self.net.encode(images)
+        images, labels = batch[0], self.batch_labels(batch)
+        mu, logvar = self.net.encode(images, labels)
         self._shared_step(batch, "test", posterior=(mu, logvar))
         self.test_posterior_means.update(mu.float())
         k = self.hparams.test_iwae_k
@@ -231,10 +256,11 @@ class VAELitModule(L.LightningModule):
                 images,
                 mu,
                 logvar,
-                lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x),
+                lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x, labels),
                 k=k,
                 chunk_rows=self.hparams.iwae_chunk_rows,
                 generator=seeding.iwae_generator(self.device, self.eval_batch_seed(batch_idx)),
+                draw_latents=self.net.draw_latents,
             )
             self.test_nll_iwae.update(-log_px)
             self.log("test/nll_iwae", self.test_nll_iwae, on_step=False, on_epoch=True)

@@ -61,6 +61,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             optimizer=cfg.optimizer,
             likelihood=cfg.likelihood,
             objective=cfg.objective,
+            prior=cfg.get("prior"),
+            posterior=cfg.get("posterior"),
             test_iwae_k=cfg.test_iwae_k,
         ),
     )

@@ -1,8 +1,9 @@
 """What the visual callbacks share: the TensorBoard writer, their schedule and fixed images.
 
-The callbacks only use two methods of the LightningModule, so they work with any likelihood
-or objective: ``pl_module.net.encode(x) -> (mu, logvar)`` and ``pl_module.decode_mean(z)``
-(the image-shaped mean of p(x|z)).
+The callbacks only use three methods, so they work with any model family, likelihood or
+objective: ``pl_module.net.encode_code(x) -> (mu, logvar)`` of the code the pictures walk in
+(z, or a hierarchy's top layer), ``pl_module.net.sample_prior(n)`` and
+``pl_module.decode_mean(code)`` (the image-shaped mean of p(x|z)).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def encode(pl_module: L.LightningModule, images: Tensor) -> tuple[Tensor, Tensor
     dtype = _parameter_dtype(pl_module)
     mus, logvars = [], []
     for chunk in images.split(ENCODE_CHUNK):
-        mu, logvar = pl_module.net.encode(chunk.to(pl_module.device, dtype))
+        mu, logvar = pl_module.net.encode_code(chunk.to(pl_module.device, dtype))
         mus.append(mu.float())
         logvars.append(logvar.float())
     return torch.cat(mus), torch.cat(logvars)

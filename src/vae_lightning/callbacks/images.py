@@ -35,5 +35,5 @@ class ReconstructionsAndSamples(VisualCallback):
         grid = make_grid(torch.cat([inputs, decode(pl_module, mu)]), nrow=len(inputs))
         writer.add_image("val/reconstructions", grid, step)
         generator = torch.Generator().manual_seed(self.seed)
-        z = torch.randn(self.num_samples, pl_module.net.latent_dim, generator=generator)
+        z = pl_module.net.sample_prior(self.num_samples, generator)  # flows: prior samples
         writer.add_image("val/samples", make_grid(decode(pl_module, z), nrow=8), step)

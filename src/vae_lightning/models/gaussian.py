@@ -88,11 +88,3 @@ def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; mu, diag exp(logvar)), summed over the last dimension; broadcasts: (...,)."""
     z, mu, logvar = at_least_float32(z), at_least_float32(mu), at_least_float32(logvar)
     return log_normal_from_noise((z - mu) * torch.exp(-0.5 * logvar), logvar)
-
-
-def log_prior_ratio(samples: Samples, logvar: Tensor) -> Tensor:
-    """log p(z) - log q(z|x) of draws from :func:`sample_k`, with p = N(0, I): (k, ...).
-
-    The importance weight of each draw, before the likelihood, for IWAE (Burda et al., 2016).
-    """
-    return log_standard_normal(samples.z) - log_normal_from_noise(samples.eps, logvar)

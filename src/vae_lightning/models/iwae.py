@@ -18,9 +18,20 @@ import torch
 from torch import Tensor
 
 from vae_lightning.models import gaussian
+from vae_lightning.models.posteriors import GaussianPosterior, LatentSample
 
 # log p(x|z): z of shape (n, B, D) against x of shape (B, ...) -> (n, B).
 LogLikelihoodFn = Callable[[Tensor, Tensor], Tensor]
+# k draws from q(z|x) given the encoder's (mu, logvar), with log q and log p: VAE.draw_latents.
+DrawLatentsFn = Callable[[Tensor, Tensor, int, "torch.Generator | None"], LatentSample]
+
+
+def standard_gaussian_latents(
+    mu: Tensor, logvar: Tensor, k: int, generator: torch.Generator | None = None
+) -> LatentSample:
+    """Draws of the classic VAE: a Gaussian q(z|x) and p(z) = N(0, I)."""
+    z, log_q = GaussianPosterior(mu.shape[-1]).sample(mu, logvar, k, generator)
+    return LatentSample(z, log_q, gaussian.log_standard_normal(z))
 
 
 def log_importance_weights(
@@ -30,11 +41,15 @@ def log_importance_weights(
     log_px_given_z: LogLikelihoodFn,
     k: int,
     generator: torch.Generator | None = None,
+    draw_latents: DrawLatentsFn = standard_gaussian_latents,
 ) -> tuple[Tensor, Tensor]:
-    """log p(x|z_i) and log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x); each (k, B)."""
-    samples = gaussian.sample_k(mu, logvar, k, generator)
-    log_px = gaussian.at_least_float32(log_px_given_z(samples.z, x))
-    return log_px, gaussian.log_prior_ratio(samples, logvar)
+    """log p(x|z_i) and log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x); each (k, B).
+
+    ``draw_latents`` is the model's (``VAE.draw_latents``): its prior, posterior and layers.
+    """
+    draws = draw_latents(mu, logvar, k, generator)
+    log_px = gaussian.at_least_float32(log_px_given_z(draws.z, x))
+    return log_px, draws.log_p - draws.log_q
 
 
 def iwae_bound(log_weights: Tensor) -> Tensor:
@@ -51,6 +66,7 @@ def iwae_log_likelihood(
     k: int,
     chunk_rows: int = 16384,
     generator: torch.Generator | None = None,
+    draw_latents: DrawLatentsFn = standard_gaussian_latents,
 ) -> Tensor:
     """The k-sample importance-weighted estimate of log p(x) per image, (B,), in nats.
 
@@ -68,7 +84,7 @@ def iwae_log_likelihood(
     for start in range(0, k, per_chunk):
         n = min(per_chunk, k - start)
         log_px, log_prior_ratio = log_importance_weights(
-            x, mu, logvar, log_px_given_z, n, generator
+            x, mu, logvar, log_px_given_z, n, generator, draw_latents
         )
         total = torch.logaddexp(total, torch.logsumexp(log_px + log_prior_ratio, dim=0))
     return total - math.log(k)

@@ -22,7 +22,6 @@ from typing import NamedTuple
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import Tensor
 
-from vae_lightning.models import gaussian
 from vae_lightning.models.iwae import iwae_bound, log_importance_weights
 from vae_lightning.models.likelihoods import Likelihood
 from vae_lightning.models.vae import VAE
@@ -45,10 +44,13 @@ class ELBOTerms(NamedTuple):
 Posterior = tuple[Tensor, Tensor]
 
 
-def decoder_log_likelihood(net: VAE, likelihood: Likelihood, z: Tensor, x: Tensor) -> Tensor:
+def decoder_log_likelihood(
+    net: VAE, likelihood: Likelihood, z: Tensor, x: Tensor, labels: Tensor | None = None
+) -> Tensor:
     """log p(x|z) for z of shape (n, B, D) against x of shape (B, C, H, W): (n, B)."""
     n, batch = z.shape[:2]
-    logits = net.decode(z.flatten(0, 1)).unflatten(0, (n, batch))
+    flat_labels = None if labels is None else labels.repeat(n)
+    logits = net.decode(z.flatten(0, 1), flat_labels).unflatten(0, (n, batch))
     return likelihood.log_prob(logits, x)
 
 
@@ -84,13 +86,37 @@ class KLSchedule:
 
 class ObjectiveInput(NamedTuple):
     """What an objective is evaluated on; ``posterior`` is the batch's (mu, logvar) when the
-    caller has encoded it already."""
+    caller has encoded it already, ``labels`` the batch's class labels (for conditional
+    models; None otherwise)."""
 
     net: VAE
     likelihood: Likelihood
     x: Tensor
     kl_weight: float
     posterior: Posterior | None
+    labels: Tensor | None = None
+
+    def encoded(self) -> Posterior:
+        """The batch's (mu, logvar): the caller's, or one encoder pass."""
+        if self.posterior is not None:
+            return self.posterior
+        return self.net.encode(self.x, self.labels)
+
+    def log_likelihood(self, z: Tensor) -> Tensor:
+        """log p(x|z) of (n, B, D) codes: (n, B)."""
+        return decoder_log_likelihood(self.net, self.likelihood, z, self.x, self.labels)
+
+    def importance_weights(self, k: int) -> tuple[Tensor, Tensor]:
+        """log p(x|z_i) and log p(z_i) - log q(z_i|x) of k draws from the net's posterior."""
+        mu, logvar = self.encoded()
+        return log_importance_weights(
+            self.x,
+            mu,
+            logvar,
+            lambda z, _: self.log_likelihood(z),
+            k,
+            draw_latents=self.net.draw_latents,
+        )
 
 
 @dataclass
@@ -114,11 +140,39 @@ class Objective:
         x: Tensor,
         kl_weight: float,
         posterior: Posterior | None = None,
+        labels: Tensor | None = None,
     ) -> ELBOTerms:
-        return self.terms(ObjectiveInput(net, likelihood, x, kl_weight, posterior))
+        return self.terms(ObjectiveInput(net, likelihood, x, kl_weight, posterior, labels))
 
     def terms(self, batch: ObjectiveInput) -> ELBOTerms:
         raise NotImplementedError
+
+
+def single_sample_terms(batch: ObjectiveInput) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One draw per image: -E_q[log p(x|z)] and the KL (batch means), and the KL per latent
+    dimension, (D,), when it has a closed form.
+
+    The KL is in closed form where there is one (a Gaussian posterior and a Gaussian prior);
+    otherwise it is the Monte-Carlo estimate log q(z|x) - log p(z) at the same z that the
+    reconstruction term decodes.
+    """
+    net, likelihood, x, _, posterior, labels = batch
+    if posterior is None:
+        out = net(x, labels)  # the network's own forward: what torch.compile wraps
+        logits, mu, logvar = out.logits, out.mu, out.logvar
+    else:
+        mu, logvar = posterior
+        logits = None
+    kl_per_dim = net.kl_per_dim(mu, logvar)
+    if kl_per_dim is None:  # no closed form: one draw, through the flow or the layers
+        draws = net.draw_latents(mu, logvar, 1)
+        rec = -batch.log_likelihood(draws.z)[0].mean()
+        return rec, (draws.log_q - draws.log_p)[0].mean(), None
+    if logits is None:
+        logits = net.decode(net.reparameterize(mu, logvar), labels)  # forward() without encode
+    rec = -likelihood.log_prob(logits, x).mean()
+    kl_dims = kl_per_dim.mean(dim=0)
+    return rec, kl_dims.sum(), kl_dims
 
 
 @dataclass
@@ -126,26 +180,31 @@ class ELBO(Objective):
     """loss = rec + weight * sum_d max(free_bits, KL_d), KL_d the batch-mean KL of dimension d.
 
     Free bits (Kingma et al., 2016): each latent dimension's KL, averaged over the batch, is
-    not penalised below ``free_bits`` nats, which keeps the encoder from collapsing them.
-    With ``free_bits=0`` this is the (beta-)ELBO with the closed-form Gaussian KL.
+    not penalised below ``free_bits`` nats, which keeps the encoder from collapsing them (it
+    needs the per-dimension closed form: a Gaussian posterior and prior).
+    With ``free_bits=0`` this is the (beta-)ELBO.
     """
 
     free_bits: NonNegativeFloat = 0.0
 
     def terms(self, batch: ObjectiveInput) -> ELBOTerms:
-        net, likelihood, x, kl_weight, posterior = batch
-        if posterior is None:
-            out = net(x)  # the network's own forward: what torch.compile wraps
-            logits, mu, logvar = out.logits, out.mu, out.logvar
-        else:
-            mu, logvar = posterior
-            logits = net.decode(net.reparameterize(mu, logvar))  # forward() without encode
-        rec = -likelihood.log_prob(logits, x).mean()
-        kl_dims = gaussian.kl_standard_normal_per_dim(mu, logvar).mean(dim=0)
-        kl = kl_dims.sum()
-        penalty = kl_dims.clamp(min=self.free_bits).sum() if self.free_bits else kl
+        rec, kl, kl_dims = single_sample_terms(batch)
+        penalty = kl
+        if self.free_bits:
+            if kl_dims is None:
+                raise ValueError(FREE_BITS_NEED_CLOSED_FORM)
+            penalty = kl_dims.clamp(min=self.free_bits).sum()
         elbo = -(rec + kl)
-        return ELBOTerms(loss=rec + kl_weight * penalty, rec=rec, kl=kl, elbo=elbo, bound=elbo)
+        return ELBOTerms(
+            loss=rec + batch.kl_weight * penalty, rec=rec, kl=kl, elbo=elbo, bound=elbo
+        )
+
+
+FREE_BITS_NEED_CLOSED_FORM = (
+    "objective.free_bits needs the KL of each latent dimension in closed form, which only a "
+    "Gaussian posterior with a Gaussian prior has; use objective.free_bits=0 with this prior, "
+    "posterior or model."
+)
 
 
 @dataclass
@@ -154,20 +213,21 @@ class IWAE(Objective):
 
     A KL weight below 1 (warm-up) scales log p(z) - log q(z|x) inside each weight, as
     Sønderby et al. (2016) do; with weight 1 the bound is exact. ``rec``/``kl`` come from the
-    first sample and the closed-form KL, so ``elbo`` is the same single-sample ELBO as under
-    :class:`ELBO`. With k = 1 the loss is the ELBO with a Monte-Carlo KL estimate.
+    first sample and the KL (closed form where there is one, else that sample's estimate), so
+    ``elbo`` is a single-sample ELBO as under :class:`ELBO`. With k = 1 the loss is the ELBO
+    with a Monte-Carlo KL estimate. The weights are not detached: the gradient of logsumexp
+    is the self-normalised importance-weighted gradient of Burda et al.
     """
 
     k: PositiveInt = 5
 
     def terms(self, batch: ObjectiveInput) -> ELBOTerms:
-        net, likelihood, x, kl_weight, posterior = batch
-        mu, logvar = net.encode(x) if posterior is None else posterior
-        log_px, log_prior_ratio = log_importance_weights(
-            x, mu, logvar, lambda z, x_: decoder_log_likelihood(net, likelihood, z, x_), self.k
-        )
-        loss = -iwae_bound(log_px + kl_weight * log_prior_ratio).mean()
-        bound = -loss if kl_weight == 1.0 else iwae_bound(log_px + log_prior_ratio).mean()
+        mu, logvar = batch.encoded()
+        batch = batch._replace(posterior=(mu, logvar))
+        log_px, log_prior_ratio = batch.importance_weights(self.k)
+        loss = -iwae_bound(log_px + batch.kl_weight * log_prior_ratio).mean()
+        bound = -loss if batch.kl_weight == 1.0 else iwae_bound(log_px + log_prior_ratio).mean()
         rec = -log_px[0].mean()
-        kl = gaussian.kl_standard_normal(mu, logvar).mean()
+        kl_per_dim = batch.net.kl_per_dim(mu, logvar)
+        kl = -log_prior_ratio[0].mean() if kl_per_dim is None else kl_per_dim.sum(-1).mean()
         return ELBOTerms(loss=loss, rec=rec, kl=kl, elbo=-(rec + kl), bound=bound)
