@@ -82,9 +82,10 @@ CONFIG_FAULTS = {
         ["model.latent_dim=-3", "optimizer.lr=-1e-3"],
         "model.latent_dim=-3 is invalid",  # and the next line names optimizer.lr
     ),
-    "conv on 32x32": (
-        ["model=conv", "data.image_shape=[1,32,32]"],
-        "model=conv cannot be built for data.image_shape=[1, 32, 32]: ConvDecoder supports 28x28",
+    "conv on 6x6": (
+        ["model=conv", "data.image_shape=[1,6,6]"],
+        "model=conv cannot be built for data.image_shape=[1, 6, 6]: conv_vae with channels="
+        "[16, 32, 64] halves the image 3 times, so it needs images of at least 8x8 pixels",
     ),
 }
 
