@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 from annotated_types import Len
 from pydantic import PositiveInt
@@ -60,16 +60,19 @@ class PreActBlock(nn.Module):
         in_width: int,
         out_width: int,
         activation: type[nn.Module],
-        resize: str | None = None,
+        resize: Literal["down", "up"] | None = None,
         up_size: Size | None = None,
     ) -> None:
         super().__init__()
         stride = 2 if resize == "down" else 1
-        upsample = [nn.Upsample(size=up_size, mode="nearest")] if resize == "up" else []
+
+        def upsample() -> list[nn.Module]:
+            return [nn.Upsample(size=up_size, mode="nearest")] if resize == "up" else []
+
         self.branch = nn.Sequential(
             group_norm(in_width),
             activation(),
-            *upsample,
+            *upsample(),
             nn.Conv2d(in_width, out_width, 3, stride=stride, padding=1),
             group_norm(out_width),
             activation(),
@@ -79,7 +82,7 @@ class PreActBlock(nn.Module):
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.shortcut = nn.Sequential(
-                *upsample, nn.Conv2d(in_width, out_width, 1, stride=stride)
+                *upsample(), nn.Conv2d(in_width, out_width, 1, stride=stride)
             )
 
     def forward(self, x: Tensor) -> Tensor:
