@@ -26,13 +26,15 @@ from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from vae_lightning.models.encoders import GaussianHead
+from vae_lightning.models.posteriors import Posterior
+from vae_lightning.models.priors import Prior
 from vae_lightning.models.stages import Size, check_image_fits, stage_sizes
 from vae_lightning.models.vae import (
     ACTIVATIONS,
     VAE,
-    WEIGHT_INITS,
     Activation,
     WeightInit,
+    init_networks,
     output_shape,
 )
 from vae_lightning.param_types import ImageShape
@@ -163,14 +165,16 @@ def resnet_vae(
     activation: Activation = "relu",
     init: WeightInit = "pytorch",
     output_channels: PositiveInt | None = None,
+    prior: Prior | None = None,
+    posterior: Posterior | None = None,
 ) -> VAE:
     """Residual convolutional VAE, for 28x28 to 64x64 images of any channel count.
 
     ``channels``: the width of each stage; the first stage runs at the image's resolution
     and each next one halves it, so the image needs at least 2**(len(channels) - 1) pixels a
     side. ``blocks_per_stage``: residual blocks per stage (two 3x3 convs each), the
-    resampling one included. ``output_channels``: values per pixel the decoder emits (the
-    likelihood's ``decoder_channels``); None is one per image channel.
+    resampling one included. ``output_channels``, ``prior`` and ``posterior`` as for every
+    model factory (``mlp_vae``).
     """
     check_image_fits(image_shape, len(channels) - 1, f"resnet_vae with channels={list(channels)}")
     act = ACTIVATIONS[activation]
@@ -178,6 +182,6 @@ def resnet_vae(
     decoder = ResNetDecoder(
         latent_dim, channels, blocks_per_stage, output_shape(image_shape, output_channels), act
     )
-    vae = VAE(encoder, decoder, latent_dim)
-    WEIGHT_INITS[init](vae)
+    vae = VAE(encoder, decoder, latent_dim, prior, posterior)
+    init_networks(vae, init)
     return vae
