@@ -93,6 +93,8 @@ class HierarchicalVAE(VAE):
         log_p_z1 = gaussian.log_normal(bottom.z, mu_prior, logvar_prior)
         return LatentSample(bottom.z, log_q_z1 + log_q_z2, self.prior.log_prob(z2) + log_p_z1)
 
+    closed_form_kl = False  # a class attribute where the VAE has a property: no closed form
+
     def kl_per_dim(self, mu: Tensor, logvar: Tensor) -> None:
         """No closed form for a hierarchy: the objectives use the one-draw Monte-Carlo KL."""
         return None
