@@ -69,6 +69,25 @@ def test_the_data_module_carves_validation_from_train_and_keeps_the_official_tes
     assert module.sources["test"] == cifar_root / "cifar-10-python.tar.gz"
 
 
+def test_the_per_sample_loader_gives_the_same_colour_batches(cifar_root):
+    """loader=torch (PIL images through a transform) against the tensor loader."""
+    batches = {}
+    for loader in ("tensor", "torch"):
+        module = CIFAR10DataModule(
+            root=str(cifar_root),
+            download=False,
+            verify_checksums=False,
+            val_size=100,
+            eval_batch_size=50,
+            loader=loader,
+        )
+        module.setup("fit")
+        batches[loader] = next(iter(module.val_dataloader()))
+    assert torch.equal(batches["torch"][0], batches["tensor"][0])
+    assert batches["torch"][0].shape == (50, 3, 32, 32)
+    assert torch.equal(batches["torch"][1], batches["tensor"][1])
+
+
 def test_an_archive_that_is_not_the_published_one_is_refused_unless_checks_are_off(cifar_root):
     module = CIFAR10DataModule(root=str(cifar_root), download=False, val_size=100)
     with pytest.raises(DataFileError) as info:

@@ -24,7 +24,7 @@ from torch import Tensor
 from vae_lightning.data.checksums import md5_of
 from vae_lightning.data.datamodule import Binarize, MNISTDataModule
 from vae_lightning.data.idx import DataFileError
-from vae_lightning.data.registry import ArchiveStorage, DatasetInfo, dataset_info
+from vae_lightning.data.registry import ArchiveStorage, DatasetInfo
 from vae_lightning.param_types import ImageShape, Seed
 
 BATCHES_FOLDER = "cifar-10-batches-py"
@@ -205,7 +205,9 @@ class CIFAR10DataModule(MNISTDataModule):
         self._official: dict[str, tuple[Tensor, Tensor]] = {}
 
     def storage_of(self, info: DatasetInfo) -> ArchiveStorage:
-        return dataset_info("cifar10").archive
+        if info.archive is None:
+            raise ValueError(f"data.dataset={info.name!r} is not an archive dataset")
+        return info.archive
 
     @property
     def folders(self) -> list[Path]:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from vae_lightning.data.datamodule import Binarize, MNISTDataModule
 from vae_lightning.data.idx import DataFileError
-from vae_lightning.data.registry import ArchiveStorage, DatasetInfo, dataset_info
+from vae_lightning.data.registry import ArchiveStorage, DatasetInfo
 from vae_lightning.errors import ConfigError
 from vae_lightning.param_types import ImageShape, Seed
 
@@ -250,7 +250,9 @@ class DSpritesDataModule(MNISTDataModule):
         self.split_factors: dict[str, Tensor] = {}
 
     def storage_of(self, info: DatasetInfo) -> ArchiveStorage:
-        return dataset_info("dsprites").archive
+        if info.archive is None:
+            raise ValueError(f"data.dataset={info.name!r} is not an archive dataset")
+        return info.archive
 
     @property
     def folders(self) -> list[Path]:
