@@ -26,6 +26,7 @@ from vae_lightning.data.dsprites import (
     render,
     render_rows,
     render_windows,
+    sprite_canvases,
 )
 from vae_lightning.errors import ConfigError
 from vae_lightning.train import train
@@ -109,6 +110,14 @@ def test_moving_one_position_step_moves_the_image_one_pixel():
     assert torch.equal(
         render(torch.tensor([[0, 2, 3, 39, 5, 9]])), render(torch.tensor([[0, 2, 3, 0, 5, 9]]))
     )
+
+
+def test_how_many_sprites_differ_as_docs_data_md_says():
+    """0 and 2 pi, and the square's and ellipse's symmetries at 64x64, repeat 81 sprites."""
+    sprites = sprite_canvases().flatten(1)
+    assert len(sprites) == 720 and len(torch.unique(sprites, dim=0)) == 639
+    hearts = sprites[480:]  # the heart has no symmetry: only 0 and 2 pi coincide
+    assert len(torch.unique(hearts, dim=0)) == 240 - 6
 
 
 def small_module(**kwargs) -> DSpritesDataModule:
