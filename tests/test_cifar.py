@@ -19,7 +19,7 @@ from torchvision.utils import make_grid
 from helpers.archives import LABEL_COLOURS, cifar10_data, cifar_batches, write_cifar10
 from helpers.events import image_tags, last_rgb_image
 from helpers.paths import CONF_DIR
-from helpers.runs import output_overrides
+from helpers.runs import output_overrides, vae_train
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import CIFAR10DataModule, DataFileError
 from vae_lightning.data.cifar import read_cifar10
@@ -210,3 +210,15 @@ def test_the_report_shows_the_reconstructions_in_colour(cifar_run):
     inputs = {tuple(int(v) for v in c) for c in logged[2 + 16, 2 + 16 :: 34][:8]}
     assert inputs <= colours  # each input's colour, drawn pixel for pixel
     assert any(len(set(c)) > 1 for c in inputs)  # and they are colours, not greys
+
+
+@pytest.mark.slow  # the ~15 s start-up of a process; the message itself is tested above
+def test_vae_train_without_the_archive_offline_prints_one_paragraph(tmp_path):
+    args = ["data=cifar10", "likelihood=gaussian", "data.download=false"]
+    args.append(f"data.root={tmp_path / 'empty'}")
+    result = vae_train([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    paragraph = result.stderr.strip().splitlines()[-1]  # after the log lines ("Seed set ...")
+    assert paragraph.startswith("vae-train: error: CIFAR-10 not found")
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in paragraph
