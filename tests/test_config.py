@@ -18,13 +18,15 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_hold_the_documented_options():
-    assert options("model") == ["conv", "mlp", "resnet"]
+    assert options("model") == ["conv", "hvae", "mlp", "resnet"]
     assert options("data") == ["cifar10", "dsprites", "fashion_mnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
     assert options("debug") == ["fast"]
     assert options("likelihood") == ["bernoulli", "continuous_bernoulli", "gaussian"]
     assert options("objective") == ["elbo", "iwae"]
+    assert options("prior") == ["standard"]
+    assert options("posterior") == ["gaussian"]
 
 
 @pytest.mark.parametrize(
