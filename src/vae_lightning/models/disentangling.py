@@ -79,9 +79,11 @@ def log_aggregate(
     batch = log_q_pairs.shape[0]
     if estimator == "mws":
         return torch.logsumexp(log_q_pairs, dim=1) - math.log(dataset_size * batch)
-    own = torch.eye(batch, dtype=torch.bool, device=log_q_pairs.device)
     other_weight = math.log(dataset_size - 1) - math.log(dataset_size * max(batch - 1, 1))
-    log_weights = torch.where(own, -math.log(dataset_size), other_weight)
+    log_weights = torch.full(
+        (batch, batch), other_weight, dtype=log_q_pairs.dtype, device=log_q_pairs.device
+    )
+    log_weights.fill_diagonal_(-math.log(dataset_size))
     log_weights = log_weights.reshape(batch, batch, *([1] * (log_q_pairs.dim() - 2)))
     return torch.logsumexp(log_q_pairs + log_weights, dim=1)
 
