@@ -211,7 +211,7 @@ class VAELitModule(L.LightningModule):
             labels=labels,
             step=self.weights_step,
         )
-        logged = {**{name: getattr(terms, name) for name in TERMS}, **terms.extras}
+        logged = terms.by_name()
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
             values = {

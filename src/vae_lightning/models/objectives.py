@@ -43,6 +43,11 @@ class ELBOTerms(NamedTuple):
     # (beta-TCVAE's mi, tc, dwkl; the capacity's C): the keys of its ``extra_terms``.
     extras: Mapping[str, Tensor] = MappingProxyType({})
 
+    def by_name(self) -> dict[str, Tensor]:
+        """Every term by name, the objective's own (``extras``) after the ELBO terms."""
+        named = {name: getattr(self, name) for name in self._fields if name != "extras"}
+        return {**named, **self.extras}
+
 
 # The encoder's output for a batch, (mu, logvar), each (B, D): given to an objective by a
 # caller that needs it too (the test step's IWAE estimate), so each batch is encoded once.
