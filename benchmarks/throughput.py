@@ -1,7 +1,10 @@
 """Training throughput: how much does the framework cost over a bare PyTorch loop?
 
-Three ways to train the same VAE on Fashion-MNIST (55 000 training images, dynamically
-binarized, Adam lr 1e-3, gradient norm clipped at 30, as in the default config):
+Three ways to train the same VAE (the network ``model=<name>`` builds from
+conf/model/<name>.yaml: mlp, conv or resnet) on Fashion-MNIST (55 000 training images), or
+with ``--data cifar-shaped`` on random uint8 images of CIFAR-10's shape (3x32x32, 50 000 by
+default, ``--num-images``; see random_images.py), dynamically binarized, Adam lr 1e-3,
+gradient norm clipped at 30, as in the default config:
 
   a  a minimal pure PyTorch loop over a preloaded uint8 tensor (the floor);
   b  ``vae_lightning.train.train(cfg)`` with the default config: Lightning, every default
@@ -23,6 +26,9 @@ Full run (quiet machine; about 15 min on 2 CPU cores):
 Smoke run:
     PYTHONPATH=src python benchmarks/throughput.py --models mlp --batch-sizes 128 \\
         --epochs 2 --limit-batches 5
+conv and resnet epochs on CIFAR-shaped data, pure loop (a) against vae-train (b):
+    PYTHONPATH=src python benchmarks/throughput.py --data cifar-shaped \\
+        --models conv resnet --paths a b --batch-sizes 128 --markdown
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DATA_SHAPES = {"fashion-mnist": (1, 28, 28), "cifar-shaped": (3, 32, 32)}
 VAL_SIZE = 5000  # data.val_size of the default config: the training set has 60 000 - 5000
 RESULT_PREFIX = "THROUGHPUT_RESULT "
 # glibc malloc returns big freed blocks to the OS and maps them afresh (page faults, zeroing)
@@ -85,16 +92,34 @@ def read_train_images(root: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8).view(count, 1, rows, cols)
 
 
+def training_images(args: argparse.Namespace) -> torch.Tensor:
+    """The pure loop's training set, uint8: as many images as vae-train trains on."""
+    if args.data == "cifar-shaped":
+        from random_images import random_uint8_images  # benchmarks/ is on sys.path
+
+        return random_uint8_images(args.num_images, DATA_SHAPES[args.data], args.seed)
+    return read_train_images(args.data_root)[: -args.val_size]
+
+
+def build_net(model: str, image_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The network ``model=<model>`` builds, from conf/model/<model>.yaml, for image_shape
+    (one decoder output per channel: the default Bernoulli likelihood's)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{model}.yaml")
+    config.net.image_shape = list(image_shape)
+    return instantiate(config.net, latent_dim=config.latent_dim)
+
+
 # ------------------------------------------------------------------------------ path a
 def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    from vae_lightning.models import conv_vae, mlp_vae
     from vae_lightning.models.likelihoods import Bernoulli
     from vae_lightning.models.objectives import ELBO
 
     torch.manual_seed(args.seed)
-    images = read_train_images(args.data_root)[: -args.val_size].to(device)  # stays uint8
-    build = {"mlp": lambda: mlp_vae((1, 28, 28), 20, [400]), "conv": lambda: conv_vae((1, 28, 28))}
-    model = build[args.model]().to(device)
+    images = training_images(args).to(device)  # stays uint8
+    model = build_net(args.model, DATA_SHAPES[args.data]).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
@@ -166,6 +191,8 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
         f"hydra.run.dir={out_dir}",
         "+callbacks.epoch_timer._target_=epoch_timer.EpochTimer",
     ]
+    if args.data == "cifar-shaped":
+        overrides += cifar_shaped_data(args.num_images, args.seed)
     if args.channels_last:
         overrides.append("++model.channels_last=true")
     if args.limit_batches:
@@ -175,6 +202,17 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
         train(compose_as_launched("train", overrides))
     (timer,) = EpochTimer.instances
     return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "images": timer.images}
+
+
+def cifar_shaped_data(num_images: int, seed: int) -> list[str]:
+    """Overrides swapping the IDX files for random_images.RandomImagesDataModule."""
+    return [
+        "data._target_=random_images.RandomImagesDataModule",
+        f"data.image_shape={list(DATA_SHAPES['cifar-shaped'])}",
+        f"+data.num_images={num_images}",
+        f"+data.data_seed={seed}",
+        "data.verify_checksums=false",
+    ]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -187,6 +225,7 @@ def worker(args: argparse.Namespace) -> None:
     result = (run_pure_pytorch if args.path == "a" else run_vae_train)(args, device)
     result.update(
         path=args.path,
+        data=args.data,
         model=args.model,
         batch_size=args.batch_size,
         device=str(device),
@@ -211,6 +250,8 @@ def run_case(args: argparse.Namespace, path: str, model: str, batch_size: int) -
         f"--limit-batches={args.limit_batches}",
         f"--device={args.device}",
         f"--precision={args.precision}",
+        f"--data={args.data}",
+        f"--num-images={args.num_images}",
         f"--data-root={args.data_root}",
         f"--val-size={args.val_size}",
         f"--workers={args.workers}",
@@ -282,7 +323,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
+    parser.add_argument(
+        "--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv", "resnet"]
+    )
+    parser.add_argument(
+        "--data",
+        default="fashion-mnist",
+        choices=list(DATA_SHAPES),
+        help="Fashion-MNIST from --data-root, or random uint8 images of CIFAR-10's shape",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=50_000,
+        help="training images per epoch with --data cifar-shaped (CIFAR-10 has 50 000)",
+    )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
     parser.add_argument("--paths", nargs="+", default=["a", "b", "c"], choices=list(PATHS))
     parser.add_argument("--epochs", type=int, default=4, help="per case; the first is warm-up")
@@ -327,7 +382,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if not (args.data_root / "train-images-idx3-ubyte.gz").is_file():
+    if args.data == "cifar-shaped" and "c" in args.paths and not args.worker:
+        parser.error(
+            "--data cifar-shaped times paths a and b only (--paths a b): path c's per-sample "
+            "Dataset (data/datamodule.py ImageDataset) builds greyscale PIL images."
+        )
+    if (
+        args.data == "fashion-mnist"
+        and not (args.data_root / "train-images-idx3-ubyte.gz").is_file()
+    ):
         parser.error(
             f"{args.data_root}/train-images-idx3-ubyte.gz not found: install Debian's "
             "dataset-fashion-mnist or pass --data-root with the four gzipped IDX files."
@@ -342,6 +405,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     device = resolve_device(args.device)
     print(f"# Machine: {machine_line(device, args)}", flush=True)
+    shape = "x".join(map(str, DATA_SHAPES[args.data]))
+    count = args.num_images if args.data == "cifar-shaped" else "Fashion-MNIST's"
+    print(f"# Data: {args.data}, {count} training images of {shape}", flush=True)
     results = []
     for model in args.models:
         for batch_size in args.batch_sizes:

@@ -78,13 +78,19 @@ CONFIG_FAULTS = {
         "objective: cycle_steps=10 restarts the KL warm-up every 10 steps, so it needs "
         "0 < kl_warmup_steps <= cycle_steps",
     ),
+    "beta_tc on a hierarchy": (
+        ["objective=beta_tc", "model=hvae"],
+        "objective=beta_tc, model=hvae, prior=standard, posterior=gaussian do not combine: "
+        "objective=beta_tc estimates the aggregate posterior",
+    ),
     "two at once": (
         ["model.latent_dim=-3", "optimizer.lr=-1e-3"],
         "model.latent_dim=-3 is invalid",  # and the next line names optimizer.lr
     ),
-    "conv on 32x32": (
-        ["model=conv", "data.image_shape=[1,32,32]"],
-        "model=conv cannot be built for data.image_shape=[1, 32, 32]: ConvDecoder supports 28x28",
+    "conv on 6x6": (
+        ["model=conv", "data.image_shape=[1,6,6]"],
+        "model=conv cannot be built for data.image_shape=[1, 6, 6]: conv_vae with channels="
+        "[16, 32, 64] halves the image 3 times, so it needs images of at least 8x8 pixels",
     ),
 }
 

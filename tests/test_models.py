@@ -34,9 +34,9 @@ def test_conv_vae_has_reference_channels():
     assert any(isinstance(m, nn.ELU) for m in vae.modules())
 
 
-def test_conv_vae_rejects_shapes_it_cannot_decode():
-    with pytest.raises(ValueError, match="28x28"):
-        conv_vae((1, 32, 32))
+def test_conv_vae_rejects_images_smaller_than_its_stages_can_halve():
+    with pytest.raises(ValueError, match=r"at least 8x8 pixels, but image_shape=\[1, 6, 32\]"):
+        conv_vae((1, 6, 32))
 
 
 def test_xavier_init_zero_bias():

@@ -215,6 +215,15 @@ def build_checked_model(
     shape = OmegaConf.to_container(shape) if isinstance(shape, ListConfig) else shape
     model_name = _choice("model", f"model._target_={cfg.model.get('_target_')}")
     fix = "Pick a model that fits the data (model=mlp takes any image shape)."
+    net_shape = OmegaConf.select(cfg, "model.net.image_shape", default=None)
+    net_shape = OmegaConf.to_container(net_shape) if isinstance(net_shape, ListConfig) else None
+    if shape is not None and net_shape is not None and list(net_shape) != list(shape):
+        problem = (
+            f"is built for images of model.net.image_shape={net_shape}, but the data's are "
+            f"data.image_shape={shape}."
+        )
+        fix = "Leave model.net.image_shape at its default, ${data.image_shape}."
+        raise config_error([f"{model_name} {problem}"], fix)
     try:
         model = build()
         problem = None if shape is None else model_output_problem(model, shape)

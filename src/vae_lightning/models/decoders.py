@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from vae_lightning.models.stages import stage_sizes, transposed_output_padding
+
 
 class MLPDecoder(nn.Module):
     """latent -> hidden layers -> the likelihood's parameters, shaped (channels, H, W)."""
@@ -35,7 +37,9 @@ class MLPDecoder(nn.Module):
         return self.body(z)
 
 
-def deconv_block(in_channels: int, out_channels: int, output_padding: int) -> nn.Sequential:
+def deconv_block(
+    in_channels: int, out_channels: int, output_padding: int | tuple[int, int]
+) -> nn.Sequential:
     """3x3 stride-2 transposed convolution doubling the resolution, with BatchNorm and ELU."""
     return nn.Sequential(
         nn.ConvTranspose2d(
@@ -47,10 +51,11 @@ def deconv_block(in_channels: int, out_channels: int, output_padding: int) -> nn
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of ConvEncoder: latent -> hidden -> 64x4x4 -> 7 -> 14 -> 28, one output per pixel.
+    """Mirror of ConvEncoder: latent -> hidden -> the deepest feature map -> back up one
+    stride-2 transposed convolution per encoder stage to exactly the image's height and width.
 
-    Designed for 28x28 images (MNIST, Fashion-MNIST); the spatial sizes are fixed by the
-    encoder's three stride-2 convolutions.
+    The spatial sizes are the encoder's (``stages.stage_sizes``): 4x4 -> 7 -> 14 -> 28 for
+    28x28 images and three stages, 4 -> 8 -> 16 -> 32 for 32x32, 8 -> ... -> 64 for 64x64.
     """
 
     def __init__(
@@ -61,24 +66,27 @@ class ConvDecoder(nn.Module):
         output_shape: Sequence[int],
     ) -> None:
         super().__init__()
-        if tuple(output_shape[1:]) != (28, 28) or len(channels) != 3:
-            raise ValueError(
-                f"ConvDecoder supports 28x28 images with 3 conv stages, got output_shape="
-                f"{tuple(output_shape)} and channels={tuple(channels)}."
-            )
-        top, mid, low = channels[::-1]  # 64, 32, 16
-        self.seed_shape = (top, 4, 4)
+        sizes = stage_sizes(output_shape, len(channels))  # the image's, then each stage's
+        self.seed_shape = (channels[-1], *sizes[-1])
         self.hidden = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim),
             nn.ELU(),
             nn.Linear(hidden_dim, math.prod(self.seed_shape)),
             nn.ELU(),
         )
-        self.upsample = nn.Sequential(
-            deconv_block(top, mid, output_padding=0),  # 4 -> 7
-            deconv_block(mid, low, output_padding=1),  # 7 -> 14
-            nn.ConvTranspose2d(low, output_shape[0], 3, stride=2, padding=1, output_padding=1),
-        )
+        widths = [output_shape[0], *channels]  # a stage's input width, then its output's
+        layers: list[nn.Module] = []
+        for stage in reversed(range(1, len(channels) + 1)):  # the encoder's stages, deepest first
+            padding = transposed_output_padding(sizes[stage], sizes[stage - 1])
+            if stage > 1:
+                layers.append(deconv_block(widths[stage], widths[stage - 1], padding))
+            else:  # back to the image: the likelihood's raw parameters, no norm or activation
+                layers.append(
+                    nn.ConvTranspose2d(
+                        widths[1], widths[0], 3, stride=2, padding=1, output_padding=padding
+                    )
+                )
+        self.upsample = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.upsample(self.hidden(z).view(-1, *self.seed_shape))

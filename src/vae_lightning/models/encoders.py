@@ -57,7 +57,10 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class ConvEncoder(nn.Module):
-    """The reference CNN encoder: conv 16/32/64 (28 -> 14 -> 7 -> 4), hidden layer, Gaussian."""
+    """The reference CNN encoder: conv 16/32/64 (28 -> 14 -> 7 -> 4), hidden layer, Gaussian.
+
+    One stride-2 stage per entry of ``channels``, each halving the resolution (rounding up).
+    """
 
     def __init__(
         self,

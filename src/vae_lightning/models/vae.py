@@ -16,6 +16,7 @@ from vae_lightning.models.decoders import ConvDecoder, MLPDecoder
 from vae_lightning.models.encoders import ConvEncoder, MLPEncoder
 from vae_lightning.models.posteriors import GaussianPosterior, LatentSample, Posterior
 from vae_lightning.models.priors import Prior, StandardNormal
+from vae_lightning.models.stages import check_image_fits
 from vae_lightning.param_types import ImageShape
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
@@ -94,12 +95,16 @@ class VAE(nn.Module):
         z, log_q = self.posterior.sample(mu, logvar, k, generator)
         return LatentSample(z, log_q, self.prior.log_prob(z))
 
+    @property
+    def closed_form_kl(self) -> bool:
+        """Whether KL(q(z|x) || p(z)) has a closed form: a Gaussian posterior and a prior with
+        one. Otherwise the objectives estimate it by Monte Carlo."""
+        return self.posterior.is_gaussian and self.prior.has_closed_form_kl
+
     def kl_per_dim(self, mu: Tensor, logvar: Tensor) -> Tensor | None:
         """KL(q(z|x) || p(z)) per latent dimension in closed form, (B, D), when there is one
-        (a Gaussian posterior and a prior with a closed form); None otherwise."""
-        if not self.posterior.is_gaussian:
-            return None
-        return self.prior.kl_per_dim(mu, logvar)
+        (:attr:`closed_form_kl`); None otherwise."""
+        return self.prior.kl_per_dim(mu, logvar) if self.closed_form_kl else None
 
     def encode_code(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The Gaussian (mu, logvar) of the code the pictures walk in, each (B, latent_dim)."""
@@ -179,14 +184,20 @@ def mlp_vae(
 def conv_vae(
     image_shape: ImageShape,
     latent_dim: PositiveInt = 32,
-    channels: Annotated[Sequence[PositiveInt], Len(3, 3)] = (16, 32, 64),
+    channels: Annotated[Sequence[PositiveInt], Len(1)] = (16, 32, 64),
     hidden_dim: PositiveInt = 256,
     init: WeightInit = "pytorch",
     output_channels: PositiveInt | None = None,
     prior: Prior | None = None,
     posterior: Posterior | None = None,
 ) -> VAE:
-    """The reference convolutional VAE: conv 16/32/64, BatchNorm, ELU, 256 hidden units."""
+    """The reference convolutional VAE: conv 16/32/64, BatchNorm, ELU, 256 hidden units.
+
+    Each entry of ``channels`` is one stride-2 stage halving the resolution (28 -> 14 -> 7
+    -> 4); the decoder walks the same sizes back up, so any image of at least 2**stages
+    pixels a side works (28, 32, 64, non-square), with any number of channels.
+    """
+    check_image_fits(image_shape, len(channels), f"conv_vae with channels={list(channels)}")
     encoder = ConvEncoder(image_shape, channels, hidden_dim, latent_dim)
     decoder = ConvDecoder(
         latent_dim, hidden_dim, channels, output_shape(image_shape, output_channels)
