@@ -108,7 +108,7 @@ class MixtureOfGaussians(Prior):
         self.logits = nn.Parameter(torch.zeros(num_components))
 
     def log_weights(self) -> Tensor:
-        return self.logits.float().log_softmax(dim=-1)
+        return gaussian.at_least_float32(self.logits).log_softmax(dim=-1)
 
     def log_prob(self, z: Tensor) -> Tensor:
         return log_mixture_density(z, self.means, self.logvars, self.log_weights())
@@ -158,7 +158,9 @@ class VampPrior(Prior):
 
     def log_prob(self, z: Tensor) -> Tensor:
         mu, logvar = self.components()
-        log_weights = torch.full((len(mu),), -math.log(len(mu)), device=mu.device)
+        log_weights = torch.full(
+            (len(mu),), -math.log(len(mu)), device=mu.device, dtype=torch.float64
+        )
         return log_mixture_density(z, mu, logvar, log_weights)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
