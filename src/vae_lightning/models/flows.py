@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from vae_lightning.models.posteriors import Posterior
 
 # softplus(SOFTPLUS_ONE) = 1: the planar constraint's m(a) = softplus(a + c) - 1 is then 0 at
-# a = 0, so u = 0 gives u_hat = 0 (the identity) exactly.
+# a = 0, so u = 0 gives u_hat = 0 (the identity) exactly; it is computed as
+# softplus(a + c) - softplus(c), which is 0 at a = 0 in floating point too.
 SOFTPLUS_ONE = float(torch.log(torch.expm1(torch.tensor(1.0, dtype=torch.float64))))
 
 
