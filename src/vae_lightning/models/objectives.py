@@ -157,6 +157,10 @@ def single_sample_terms(batch: ObjectiveInput) -> tuple[Tensor, Tensor, Tensor |
     reconstruction term decodes.
     """
     net, likelihood, x, _, posterior, labels = batch
+    if posterior is None and not has_closed_form_kl(net):
+        # The forward's decoded draw would be thrown away (log q of it is not known through
+        # a flow): encode only, and decode the one draw below.
+        posterior = net.encode(x, labels)
     if posterior is None:
         out = net(x, labels)  # the network's own forward: what torch.compile wraps
         logits, mu, logvar = out.logits, out.mu, out.logvar
@@ -173,6 +177,12 @@ def single_sample_terms(batch: ObjectiveInput) -> tuple[Tensor, Tensor, Tensor |
     rec = -likelihood.log_prob(logits, x).mean()
     kl_dims = kl_per_dim.mean(dim=0)
     return rec, kl_dims.sum(), kl_dims
+
+
+def has_closed_form_kl(net: VAE) -> bool:
+    """Whether the net's KL per dimension has a closed form (a probe on one zero code)."""
+    probe = next(net.parameters()).new_zeros(1, net.latent_dim)
+    return net.kl_per_dim(probe, probe) is not None
 
 
 @dataclass
