@@ -24,8 +24,8 @@ def test_groups_hold_the_documented_options():
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
     assert options("debug") == ["fast"]
     assert options("likelihood") == ["bernoulli", "continuous_bernoulli", "gaussian"]
-    assert options("prior") == ["standard"]
-    assert options("posterior") == ["gaussian"]
+    assert options("prior") == ["mog", "standard", "vamp"]
+    assert options("posterior") == ["gaussian", "iaf", "planar"]
     assert options("objective") == ["beta_tc", "capacity", "elbo", "iwae"]
 
 
