@@ -17,6 +17,7 @@ Which data goes with which likelihood:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -181,6 +182,7 @@ MIN_LOG_SCALE = -7.0
 # Below this width (in scales) log(1 - e^-w) is computed as its series log w - w/2 (the next
 # term, w^2/24, is under 1e-9 there); above it, log(-expm1(-w)) is exact to float32 rounding.
 LOG1MEXP_SERIES_CUTOFF = 1e-4
+MAX_LOG_SCALE_OF_MEAN = 50.0
 
 
 def log_one_minus_exp_neg(width: Tensor, log_width: Tensor) -> Tensor:
@@ -219,8 +221,34 @@ def discretized_logistic_log_mass(
 
 def clamped_logistic_mean(mean: Tensor, scale: Tensor) -> Tensor:
     """E[clamp(Y, -1, 1)] for Y ~ logistic(mean, scale):
-    -1 + int_{-1}^{1} P(Y > y) dy = -1 + s (softplus((mean + 1)/s) - softplus((mean - 1)/s))."""
-    return -1 + scale * (F.softplus((mean + 1) / scale) - F.softplus((mean - 1) / scale))
+    -1 + int_{-1}^{1} P(Y > y) dy = -1 + s (softplus(a) - softplus(b)), a, b = (mean -+ -1)/s.
+
+    For wide logistics (s > 1) the difference cancels; there it is computed as
+    log1p(sigmoid(b) expm1(a - b)), with a - b = 2/s, which (1 + e^a)/(1 + e^b) equals.
+    """
+    wide = scale > 1
+    narrow_scale, wide_scale = torch.where(wide, 1.0, scale), torch.where(wide, scale, 1.0)
+    narrow = narrow_scale * (
+        F.softplus((mean + 1) / narrow_scale) - F.softplus((mean - 1) / narrow_scale)
+    )
+    wide_form = wide_scale * torch.log1p(
+        torch.sigmoid((mean - 1) / wide_scale) * torch.expm1(2 / wide_scale)
+    )
+    return -1 + torch.where(wide, wide_form, narrow)
+
+
+def coupling_index(c: int, j: int) -> int:
+    """Where channel c's coupling to an earlier channel j < c sits among the C(C-1)/2:
+    row by row, (1,0), (2,0), (2,1), ... (PixelCNN++'s order for RGB)."""
+    return c * (c - 1) // 2 + j
+
+
+def coupled_shift(couplings: Tensor, earlier: Sequence[Tensor], c: int) -> Tensor | float:
+    """sum_{j<c} coupling_cj earlier_j: how far the earlier channels' values (each
+    (..., H, W)) move channel c's mean, for couplings (..., C(C-1)/2, H, W); 0 for c = 0."""
+    return sum(
+        (couplings[..., coupling_index(c, j), :, :] * earlier[j] for j in range(c)), start=0.0
+    )
 
 
 class DiscretizedLogistic(Likelihood):
@@ -282,9 +310,11 @@ class DiscretizedLogistic(Likelihood):
         log_weights, means, log_scales, couplings = self.split(logits, channels)
         level = (x.float() * MAX_LEVEL).round().clamp(0, MAX_LEVEL).unsqueeze(-4)
         value = level * (2 / MAX_LEVEL) - 1  # on [-1, 1]; (B, 1, C, H, W): one per component
-        if channels > 1:
-            rows, cols = torch.tril_indices(channels, channels, -1, device=x.device)
-            means = means.index_add(-3, rows, couplings * value.index_select(-3, cols))
+        values = value.unbind(-3)
+        shifted = [
+            means[..., c, :, :] + coupled_shift(couplings, values, c) for c in range(channels)
+        ]
+        means = torch.stack(torch.broadcast_tensors(*shifted), dim=-3)
         per_channel = discretized_logistic_log_mass(value, level, means, log_scales)
         per_pixel = torch.logsumexp(log_weights + per_channel.sum(dim=-3), dim=-3)
         return per_pixel.sum(dim=(-2, -1))
@@ -296,12 +326,11 @@ class DiscretizedLogistic(Likelihood):
         half a level, 1/510); for coupled channels it neglects the clamp's curvature."""
         channels = self.image_channels(logits)
         log_weights, means, log_scales, couplings = self.split(logits, channels)
-        scales, component_means, pair = log_scales.exp(), [], 0
+        # Past e^50 the clamped mean is 0 to float32 rounding; e^log_scale could overflow.
+        scales = log_scales.clamp(max=MAX_LOG_SCALE_OF_MEAN).exp()
+        component_means: list[Tensor] = []  # per channel, (..., M, H, W) on [-1, 1]
         for c in range(channels):
-            mean_c = means[..., c, :, :]
-            for j in range(c):
-                mean_c = mean_c + couplings[..., pair, :, :] * component_means[j]
-                pair += 1
+            mean_c = means[..., c, :, :] + coupled_shift(couplings, component_means, c)
             component_means.append(clamped_logistic_mean(mean_c, scales[..., c, :, :]))
         per_component = torch.stack(component_means, dim=-3)  # (..., M, C, H, W) on [-1, 1]
         mixed = (log_weights.exp().unsqueeze(-3) * per_component).sum(dim=-4)
