@@ -23,15 +23,25 @@ def test_groups_hold_the_documented_options():
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
     assert options("debug") == ["fast"]
-    assert options("likelihood") == ["bernoulli", "continuous_bernoulli", "gaussian"]
     assert options("prior") == ["mog", "standard", "vamp"]
     assert options("posterior") == ["gaussian", "iaf", "planar"]
+    assert options("likelihood") == [
+        "bernoulli",
+        "continuous_bernoulli",
+        "discretized_logistic",
+        "gaussian",
+    ]
     assert options("objective") == ["beta_tc", "capacity", "elbo", "iwae"]
 
 
 @pytest.mark.parametrize(
     ("likelihood", "binarize"),
-    [("bernoulli", "dynamic"), ("continuous_bernoulli", "none"), ("gaussian", "none")],
+    [
+        ("bernoulli", "dynamic"),
+        ("continuous_bernoulli", "none"),
+        ("discretized_logistic", "none"),
+        ("gaussian", "none"),
+    ],
 )
 @pytest.mark.parametrize("objective", options("objective"))
 def test_likelihood_and_objective_instantiate(compose_train, likelihood, binarize, objective):
