@@ -316,3 +316,24 @@ def test_trains_on_colour_images_with_the_channel_couplings(tmp_path):
     assert model.likelihood.decoder_channels(3) == 20
     mean = model.decode_mean(torch.zeros(2, 4))
     assert mean.shape == (2, 3, 32, 32) and ((mean >= 0) & (mean <= 1)).all()
+
+
+def test_iwae_chunks_hold_as_many_decoder_values_as_for_one_value_per_pixel():
+    """The estimator's memory bound counts values, not rows: a 10-component RGB mixture emits
+    100 values per pixel where Bernoulli emits 3, so it decodes 100/3 times fewer rows."""
+    from vae_lightning.lit_module import VAELitModule
+
+    def module(likelihood: dict) -> VAELitModule:
+        return VAELitModule(
+            net={"_target_": "vae_lightning.models.mlp_vae", "image_shape": [3, 8, 8]},
+            optimizer={"_target_": "torch.optim.Adam"},
+            likelihood=likelihood,
+            iwae_chunk_rows=10000,
+        )
+
+    bernoulli = module({"_target_": "vae_lightning.models.likelihoods.Bernoulli"})
+    mixture = module(
+        {"_target_": "vae_lightning.models.likelihoods.DiscretizedLogistic", "num_mixtures": 10}
+    )
+    assert bernoulli.iwae_chunk_rows == 10000
+    assert mixture.iwae_chunk_rows == 300  # 10000 / (100 / 3)

@@ -62,7 +62,9 @@ class VAELitModule(L.LightningModule):
         posterior: config of a :class:`Posterior` q(z|x) (default the encoder's Gaussian; a
             flow transforms it), built with ``latent_dim``.
         test_iwae_k: importance samples per image for ``test/nll_iwae`` (0 skips it).
-        iwae_chunk_rows: decoder rows per pass of that estimator; bounds its memory.
+        iwae_chunk_rows: decoder rows per pass of that estimator; bounds its memory. Counted
+            for one value per pixel channel: a likelihood whose decoder emits more (a mixture's
+            weights, means and scales) gets proportionally fewer rows, the same memory.
         lr_stage_growth: > 0 trains in stages, stage i lasting ``lr_stage_growth``^i epochs
             at the optimizer's learning rate times ``lr_stage_decay``^i, for
             ``lr_num_stages`` stages, then held (Burda et al. 2016: 3, 10^(-1/7), 8);
@@ -123,6 +125,13 @@ class VAELitModule(L.LightningModule):
         """The mean image E[x|z] of codes of ``net.encode_code``/``net.sample_prior`` under
         the likelihood (pixel probabilities for Bernoulli)."""
         return self.likelihood.mean(self.net.decode_code(code, labels))
+
+    @property
+    def iwae_chunk_rows(self) -> int:
+        """Decoder rows per pass of the IWAE estimator, for the decoder's values per row."""
+        image_channels = self.hparams.net["image_shape"][0]
+        values_per_channel = self.likelihood.decoder_channels(image_channels) / image_channels
+        return max(1, int(self.hparams.iwae_chunk_rows / values_per_channel))
 
     @property
     def kl_estimator(self) -> str:
@@ -285,7 +294,7 @@ class VAELitModule(L.LightningModule):
                 logvar,
                 lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x, labels),
                 k=k,
-                chunk_rows=self.hparams.iwae_chunk_rows,
+                chunk_rows=self.iwae_chunk_rows,
                 generator=seeding.iwae_generator(self.device, self.eval_batch_seed(batch_idx)),
                 draw_latents=self.net.draw_latents,
             )
