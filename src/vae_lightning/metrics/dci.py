@@ -84,6 +84,7 @@ def importance_matrix(
 def weighted_one_minus_entropy(importance: Tensor) -> float:
     """sum over rows of (row share of the total) * (1 - entropy of the row, in base #columns):
     disentanglement for R (D, K), completeness for R^T."""
+    importance = importance.double()
     total = importance.sum()
     if total == 0:
         return 0.0
