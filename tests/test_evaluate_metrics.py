@@ -1,0 +1,110 @@
+"""vae-eval's representation metrics (eval.metrics): wired to a real trained checkpoint,
+refused before any computation on data without factors, and equal to the metric functions
+applied to the codes encoded independently."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch import Tensor
+
+from helpers.paths import CONF_DIR
+from helpers.runs import train_run
+from vae_lightning.configs import compose_as_launched
+from vae_lightning.data import MNISTDataModule
+from vae_lightning.data.datamodule import prepare_images
+from vae_lightning.errors import ConfigError
+from vae_lightning.evaluate import EvaluationError, evaluate, evaluate_checkpoint
+from vae_lightning.lit_module import VAELitModule
+from vae_lightning.metrics import code_metrics
+from vae_lightning.seeding import EVAL_SEED
+
+TEST_IMAGES = 200  # in the generated test split (helpers.data.write_dataset)
+
+
+class DigitFactors(MNISTDataModule):
+    """Generated MNIST whose one ground-truth factor is the label: a data module with
+    factors(split), as dSprites' is."""
+
+    def factors(self, split: str) -> Tensor:
+        self.setup()
+        return self.splits[split][1][:, None].cpu()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, idx_root) -> Path:
+    overrides = ["debug=fast", "~callbacks.progress_bar", "~callbacks.images"]
+    run_dir = train_run(tmp_path_factory.mktemp("run"), idx_root, overrides).dir
+    return run_dir / "checkpoints" / "epoch_000.ckpt"
+
+
+@pytest.fixture
+def evaluate_in_process(tmp_path):
+    def _evaluate(overrides: list[str]) -> dict:
+        base = [f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"]
+        return evaluate(
+            compose_as_launched("eval", [*base, "eval.progress_bar=false", *overrides])
+        )
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield _evaluate
+    GlobalHydra.instance().clear()
+
+
+def test_factor_metrics_on_data_without_factors_are_refused_before_any_work(
+    checkpoint, evaluate_in_process, tmp_path
+):
+    with pytest.raises(EvaluationError, match=r"asks for mig, sap.*ground-truth factors"):
+        evaluate_in_process([f"ckpt_path={checkpoint}", "eval.metrics=[nll,mig,sap,tc]"])
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_an_unknown_metric_is_a_config_error(checkpoint, evaluate_in_process):
+    with pytest.raises(ConfigError, match=r"eval.metrics=\['nll', 'beta'\] is invalid"):
+        evaluate_in_process([f"ckpt_path={checkpoint}", "eval.metrics=[nll,beta]"])
+
+
+def test_unsupervised_metrics_agree_with_the_test_loop(checkpoint, evaluate_in_process, tmp_path):
+    """Same images, same codes: the per-dimension KL sums to test/kl (closed form), and the
+    codes' active units are the test loop's."""
+    nll = evaluate_in_process([f"ckpt_path={checkpoint}", "eval.iwae_k=2"])
+    assert nll["metrics"] == ["nll"] and "test/tc" not in nll  # today's default unchanged
+    result = evaluate_in_process(
+        [f"ckpt_path={checkpoint}", "eval.metrics=[tc,active_units,kl_per_dim]"]
+    )
+    assert "test/elbo" not in result  # nll not asked for: no test loop
+    per_dim = [value for key, value in result.items() if key.startswith("test/kl_per_dim/")]
+    assert len(per_dim) == 20  # the default latent_dim
+    assert sum(per_dim) == pytest.approx(nll["test/kl"], rel=1e-4)
+    assert result["test/active_units"] == nll["test/active_units"]
+    assert result["test/tc"] >= 0
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["test/tc"] == result["test/tc"] and written["num_images"] == TEST_IMAGES
+
+
+def test_factor_metrics_equal_the_functions_on_independently_encoded_codes(checkpoint, idx_root):
+    names = ("mig", "dci", "sap", "factorvae", "tc")
+    datamodule = DigitFactors(root=str(idx_root), download=False, val_size=100)
+    result = evaluate_checkpoint(
+        checkpoint,
+        datamodule,
+        iwae_k=2,
+        accelerator="cpu",
+        progress_bar=False,
+        metrics=("nll", *names),
+    )
+    keys = ["mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap"]
+    for key in [*keys, "factorvae_score", "tc"]:
+        assert f"test/{key}" in result, key
+    assert "test/nll_iwae" in result
+
+    model = VAELitModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    images, labels = datamodule.splits["test"]
+    with torch.no_grad():
+        codes, _ = model.net.encode(prepare_images(images, fresh_draw=False))
+    expected = code_metrics(names, codes, labels[:, None], seed=EVAL_SEED)
+    for key, value in expected.items():
+        assert result[f"test/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
