@@ -6,6 +6,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from helpers.paths import CONF_DIR
+from helpers.runs import compose_data_option
 from vae_lightning.config_checks import ConfigError, check_config
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.lit_module import VAELitModule
@@ -18,7 +19,7 @@ def options(group: str) -> list[str]:
 
 def test_groups_hold_the_documented_options():
     assert options("model") == ["conv", "mlp", "resnet"]
-    assert options("data") == ["fashion_mnist", "mnist"]
+    assert options("data") == ["cifar10", "dsprites", "fashion_mnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
     assert options("debug") == ["fast"]
@@ -68,8 +69,8 @@ def test_model_and_optimizer_instantiate(compose_train, model, optimizer):
 
 
 @pytest.mark.parametrize("data", options("data"))
-def test_data_options_instantiate(compose_train, data):
-    cfg = compose_train([f"data={data}"])
+def test_data_options_instantiate(compose_train, tmp_path, data):
+    cfg = compose_data_option(tmp_path, data)
     dm = instantiate(cfg.data)
     assert isinstance(dm, MNISTDataModule)
     assert dm.dataset == data

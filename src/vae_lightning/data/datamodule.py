@@ -14,10 +14,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import PILToTensor
 
+from vae_lightning.data.augment import random_hflip
 from vae_lightning.data.checksums import verify_checksum
 from vae_lightning.data.idx import DataFileError, read_image_label_pair
 from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
-from vae_lightning.data.registry import IdxStorage, dataset_info
+from vae_lightning.data.registry import DatasetInfo, IdxStorage, dataset_info
 from vae_lightning.errors import ConfigError
 from vae_lightning.param_types import ImageShape, Seed
 
@@ -94,7 +95,11 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = Image.fromarray(self.images[index, 0].numpy(), mode="L")
+        pixels = self.images[index]  # (C, H, W): one channel is grey, three are RGB
+        if len(pixels) == 1:
+            image = Image.fromarray(pixels[0].numpy(), mode="L")
+        else:
+            image = Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
@@ -113,6 +118,8 @@ class MNISTDataModule(L.LightningDataModule):
     The validation split is carved out of the official training split with ``split_seed``;
     the test split is the official one and never touches training. With ``verify_checksums``
     the ``.gz`` files are checked against their published MD5s (see data/checksums.py).
+    With ``hflip`` each training image is mirrored left-right with probability 1/2, batch by
+    batch on the device, drawn from the training stream (see data/augment.py).
     """
 
     def __init__(
@@ -132,15 +139,11 @@ class MNISTDataModule(L.LightningDataModule):
         transform: Any = None,
         image_shape: ImageShape = (1, 28, 28),
         verify_checksums: bool = True,
+        hflip: bool = False,
     ) -> None:
         super().__init__()
         info = dataset_info(dataset)
-        if info.idx is None:
-            raise ValueError(
-                f"data.dataset={dataset!r} is not stored as IDX files, which is all "
-                f"{type(self).__name__} reads; pick its own data config (data={dataset})."
-            )
-        self.info, self.storage = info, info.idx
+        self.info, self.storage = info, self.storage_of(info)
         self.dataset, self.root, self.download = dataset, Path(root), download
         self.search_dirs = [Path(p) for p in search_dirs or []]
         self.val_size, self.batch_size, self.eval_batch_size = (
@@ -152,10 +155,19 @@ class MNISTDataModule(L.LightningDataModule):
         self.seed, self.split_seed = seed, split_seed
         self.transform = transform if transform is not None else PILToTensor()
         self.image_shape = tuple(image_shape)
-        self.verify_checksums = verify_checksums
+        self.verify_checksums, self.hflip = verify_checksums, hflip
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.sources: dict[str, Path] = {}  # split -> the image file it was read from
         self._download_error: Exception | None = None
+
+    def storage_of(self, info: DatasetInfo) -> Any:
+        """The registry's storage group this module reads (subclasses read other formats)."""
+        if info.idx is None:
+            raise ValueError(
+                f"data.dataset={info.name!r} is not stored as IDX files, which is all "
+                f"{type(self).__name__} reads; pick its own data config (data={info.name})."
+            )
+        return info.idx
 
     # ----------------------------------------------------------------- files
     @property
@@ -334,7 +346,10 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Float conversion and dynamic binarization, on the whole batch, on its device."""
+        """Flips, float conversion and dynamic binarization, on the whole batch, on its
+        device."""
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
+        if training and self.hflip:
+            images = random_hflip(images)
         return prepare_images(images, fresh_draw=training and self.binarize == "dynamic"), labels

@@ -157,19 +157,17 @@ def single_sample_terms(batch: ObjectiveInput) -> tuple[Tensor, Tensor, Tensor |
     reconstruction term decodes.
     """
     net, likelihood, x, _, posterior, labels = batch
+    if not net.closed_form_kl:  # one draw, through the flow or the layers
+        draws = net.draw_latents(*batch.encoded(), 1)
+        rec = -batch.log_likelihood(draws.z)[0].mean()
+        return rec, (draws.log_q - draws.log_p)[0].mean(), None
     if posterior is None:
         out = net(x, labels)  # the network's own forward: what torch.compile wraps
         logits, mu, logvar = out.logits, out.mu, out.logvar
     else:
         mu, logvar = posterior
-        logits = None
-    kl_per_dim = net.kl_per_dim(mu, logvar)
-    if kl_per_dim is None:  # no closed form: one draw, through the flow or the layers
-        draws = net.draw_latents(mu, logvar, 1)
-        rec = -batch.log_likelihood(draws.z)[0].mean()
-        return rec, (draws.log_q - draws.log_p)[0].mean(), None
-    if logits is None:
         logits = net.decode(net.reparameterize(mu, logvar), labels)  # forward() without encode
+    kl_per_dim = net.kl_per_dim(mu, logvar)
     rec = -likelihood.log_prob(logits, x).mean()
     kl_dims = kl_per_dim.mean(dim=0)
     return rec, kl_dims.sum(), kl_dims

@@ -18,6 +18,9 @@ from vae_lightning.models import gaussian
 class Prior(nn.Module):
     """Base class of p(z): ``log_prob``, ``sample`` and (optionally) a closed-form KL."""
 
+    # Whether kl_per_dim has a closed form (else it returns None).
+    has_closed_form_kl = False
+
     def __init__(self, latent_dim: PositiveInt) -> None:
         super().__init__()
         self.latent_dim = latent_dim
@@ -42,6 +45,8 @@ class Prior(nn.Module):
 
 class StandardNormal(Prior):
     """p(z) = N(0, I): the classic VAE's prior (Kingma & Welling, 2014)."""
+
+    has_closed_form_kl = True
 
     def log_prob(self, z: Tensor) -> Tensor:
         return gaussian.log_standard_normal(z)

@@ -95,12 +95,16 @@ class VAE(nn.Module):
         z, log_q = self.posterior.sample(mu, logvar, k, generator)
         return LatentSample(z, log_q, self.prior.log_prob(z))
 
+    @property
+    def closed_form_kl(self) -> bool:
+        """Whether KL(q(z|x) || p(z)) has a closed form: a Gaussian posterior and a prior with
+        one. Otherwise the objectives estimate it by Monte Carlo."""
+        return self.posterior.is_gaussian and self.prior.has_closed_form_kl
+
     def kl_per_dim(self, mu: Tensor, logvar: Tensor) -> Tensor | None:
         """KL(q(z|x) || p(z)) per latent dimension in closed form, (B, D), when there is one
-        (a Gaussian posterior and a prior with a closed form); None otherwise."""
-        if not self.posterior.is_gaussian:
-            return None
-        return self.prior.kl_per_dim(mu, logvar)
+        (:attr:`closed_form_kl`); None otherwise."""
+        return self.prior.kl_per_dim(mu, logvar) if self.closed_form_kl else None
 
     def encode_code(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The Gaussian (mu, logvar) of the code the pictures walk in, each (B, latent_dim)."""
