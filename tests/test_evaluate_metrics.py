@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import Tensor
 
 from helpers.paths import CONF_DIR
-from helpers.runs import train_run
+from helpers.runs import output, output_overrides, run_module, train_run
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.data.datamodule import prepare_images
@@ -21,6 +21,7 @@ from vae_lightning.evaluate import EvaluationError, evaluate, evaluate_checkpoin
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.metrics import code_metrics
 from vae_lightning.seeding import EVAL_SEED
+from vae_lightning.train import train
 
 TEST_IMAGES = 200  # in the generated test split (helpers.data.write_dataset)
 
@@ -108,3 +109,68 @@ def test_factor_metrics_equal_the_functions_on_independently_encoded_codes(check
     expected = code_metrics(names, codes, labels[:, None], seed=EVAL_SEED)
     for key, value in expected.items():
         assert result[f"test/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.slow  # a vae-eval process: 15-35 s on the shared 2-core machine
+def test_the_cli_exits_2_with_one_paragraph_on_data_without_factors(checkpoint, tmp_path):
+    args = [f"ckpt_path={checkpoint}", "eval.metrics=[factorvae]", f"hydra.run.dir={tmp_path}"]
+    result = run_module("vae_lightning.evaluate", args, cwd=tmp_path)
+    assert result.returncode == 2, output(result)
+    assert "vae-eval: error: eval.metrics asks for factorvae" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # a training run and an evaluation: 20-35 s on the shared 2-core machine
+def test_dsprites_run_evaluated_with_every_metric(tmp_path, capsys):
+    """A real (tiny) dSprites run, then vae-eval with every figure: each key in eval.json and
+    in the printed table, the factor-based ones between 0 and 1."""
+    run_dir = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose_as_launched(
+            "train",
+            [
+                "data=dsprites",
+                "data.subset=1000",
+                "data.val_size=100",
+                "data.test_size=400",
+                *output_overrides(run_dir),
+                "debug=fast",
+                "trainer.limit_train_batches=2",
+                "trainer.limit_val_batches=1",
+                "model.latent_dim=4",
+                *(
+                    f"~callbacks.{name}"
+                    for name in (
+                        "progress_bar",
+                        "images",
+                        "traversals",
+                        "interpolations",
+                        "manifold",
+                        "latent_space",
+                        "posterior_collapse",
+                    )
+                ),
+            ],
+        )
+        train(cfg)
+        base = [f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"]
+        result = evaluate(
+            compose_as_launched(
+                "eval",
+                [
+                    *base,
+                    f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                    "eval.progress_bar=false",
+                    "eval.metrics=[mig,dci,sap,factorvae,tc]",
+                ],
+            )
+        )
+    GlobalHydra.instance().clear()
+    written = json.loads((tmp_path / "eval.json").read_text())
+    table = capsys.readouterr().out
+    figures = ["mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap"]
+    for key in [*figures, "factorvae_score"]:
+        assert 0 <= written[f"test/{key}"] <= 1, key
+        assert f"test/{key}" in table, key
+    assert written["test/tc"] == result["test/tc"] and "test/tc" in table
+    assert written["num_images"] == 400 and written["metrics"][0] == "mig"
