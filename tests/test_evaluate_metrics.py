@@ -11,6 +11,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import Tensor
 
+from helpers.events import scalars
 from helpers.paths import CONF_DIR
 from helpers.runs import output, output_overrides, run_module, train_run
 from vae_lightning.configs import compose_as_launched
@@ -111,6 +112,24 @@ def test_factor_metrics_equal_the_functions_on_independently_encoded_codes(check
         assert result[f"test/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
+def test_the_training_callback_logs_its_figures_and_refuses_factor_metrics_without_factors(
+    checkpoint, tmp_path, idx_root
+):
+    default_run = checkpoint.parent.parent
+    assert "val/tc" not in scalars(default_run)  # off by default
+    base = ["debug=fast", "~callbacks.progress_bar", "~callbacks.images"]
+    on = [
+        *base,
+        "callbacks.disentanglement.metrics=[tc]",
+        "callbacks.disentanglement.num_images=50",
+    ]
+    run = train_run(tmp_path / "on", idx_root, on)
+    (value,) = scalars(run.dir)["val/tc"]
+    assert value >= 0
+    with pytest.raises(ConfigError, match="asks for mig, which need the ground-truth factors"):
+        train_run(tmp_path / "bad", idx_root, [*base, "callbacks.disentanglement.metrics=[mig]"])
+
+
 @pytest.mark.slow  # a vae-eval process: 15-35 s on the shared 2-core machine
 def test_the_cli_exits_2_with_one_paragraph_on_data_without_factors(checkpoint, tmp_path):
     args = [f"ckpt_path={checkpoint}", "eval.metrics=[factorvae]", f"hydra.run.dir={tmp_path}"]
@@ -138,6 +157,8 @@ def test_dsprites_run_evaluated_with_every_metric(tmp_path, capsys):
                 "trainer.limit_train_batches=2",
                 "trainer.limit_val_batches=1",
                 "model.latent_dim=4",
+                "callbacks.disentanglement.metrics=[mig,factorvae]",
+                "callbacks.disentanglement.num_images=100",
                 *(
                     f"~callbacks.{name}"
                     for name in (
@@ -153,6 +174,8 @@ def test_dsprites_run_evaluated_with_every_metric(tmp_path, capsys):
             ],
         )
         train(cfg)
+        logged = scalars(run_dir)
+        assert 0 <= logged["val/mig"][-1] <= 1 and 0 <= logged["val/factorvae_score"][-1] <= 1
         base = [f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"]
         result = evaluate(
             compose_as_launched(
