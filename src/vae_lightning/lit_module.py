@@ -13,6 +13,7 @@ from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
 from vae_lightning import seeding
+from vae_lightning.errors import ConfigError
 from vae_lightning.lr_schedules import stagewise_factor
 from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import bits_per_dim, iwae_log_likelihood
@@ -26,7 +27,7 @@ from vae_lightning.models.objectives import (
 from vae_lightning.models.vae import VAE, VAEOutput
 
 EVAL_STAGES = ("val", "test")
-TERMS = ELBOTerms._fields  # loss, rec, kl, elbo, bound
+TERMS = tuple(name for name in ELBOTerms._fields if name != "extras")  # loss rec kl elbo bound
 # The bound is a selection metric, logged for validation and test; per training step it would
 # repeat train/elbo (ELBO) or -train/loss (IWAE at full weight).
 TRAIN_TERMS = tuple(name for name in TERMS if name != "bound")
@@ -101,8 +102,13 @@ class VAELitModule(L.LightningModule):
         self.objective: Objective = instantiate(objective or PLAIN_ELBO)
         # Epoch means for evaluation, weighted by batch size and synced across DDP ranks, so
         # they are exact per-image averages over the whole split.
+        # The objective's own terms (beta-TCVAE's mi, tc, dwkl) are logged like the others.
         self.epoch_means = torch.nn.ModuleDict(
-            {f"{stage}_{term}": MeanMetric() for stage in EVAL_STAGES for term in TERMS}
+            {
+                f"{stage}_{term}": MeanMetric()
+                for stage in EVAL_STAGES
+                for term in (*TERMS, *self.objective.extra_terms)
+            }
         )
         self.test_nll_iwae = MeanMetric()
         self.test_bits_per_dim = MeanMetric()
@@ -150,6 +156,14 @@ class VAELitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_step = int(checkpoint.get("global_step", 0))
 
+    def on_fit_start(self) -> None:
+        # The data module's training split, where it exposes one (objective.dataset_size).
+        splits = getattr(self.trainer.datamodule, "splits", None) or {}
+        if "train" in splits:
+            problem = self.objective.data_problem(len(splits["train"][0]))
+            if problem:
+                raise ConfigError(problem)
+
     def on_fit_end(self) -> None:
         self._checkpoint_step = None  # the weights are now those of the last step
 
@@ -195,14 +209,21 @@ class VAELitModule(L.LightningModule):
         images, labels = batch[0], self.batch_labels(batch)
         kl_weight = self.kl_weight
         terms = self.objective(
-            self.net, self.likelihood, images, kl_weight, posterior=posterior, labels=labels
+            self.net,
+            self.likelihood,
+            images,
+            kl_weight,
+            posterior=posterior,
+            labels=labels,
+            step=self.weights_step,
         )
+        logged = terms.by_name()
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
             values = {
                 f"train/{name}": value.detach()
-                for name, value in terms._asdict().items()
-                if name in TRAIN_TERMS
+                for name, value in logged.items()
+                if name in TRAIN_TERMS or name in terms.extras
             }
             self.last_train_values = values  # logged or not (the NaN guard names the culprit)
             if self._writes_step_logs():
@@ -214,7 +235,7 @@ class VAELitModule(L.LightningModule):
                     }
                 self.log_dict(values, on_step=True, on_epoch=False, batch_size=len(images))
             return terms.loss
-        for name, value in terms._asdict().items():
+        for name, value in logged.items():
             metric = self.epoch_means[f"{stage}_{name}"]
             metric.update(value.detach(), len(images))
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
