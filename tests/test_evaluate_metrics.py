@@ -85,6 +85,8 @@ def test_unsupervised_metrics_agree_with_the_test_loop(checkpoint, evaluate_in_p
     assert result["test/tc"] >= 0
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["test/tc"] == result["test/tc"] and written["num_images"] == TEST_IMAGES
+    val = evaluate_in_process([f"ckpt_path={checkpoint}", "eval.split=val", "eval.metrics=[tc]"])
+    assert val["num_images"] == 100 and val["val/tc"] != result["test/tc"]  # the val images
 
 
 def test_factor_metrics_equal_the_functions_on_independently_encoded_codes(checkpoint, idx_root):
