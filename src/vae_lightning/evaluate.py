@@ -35,9 +35,10 @@ from vae_lightning.config_checks import config_error
 from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.lit_module import VAELitModule
+from vae_lightning.metrics.sample_quality_eval import SAMPLE_QUALITY_METRICS, sample_quality
 from vae_lightning.run_layout import RunLayout
 from vae_lightning.seeding import EVAL_SEED
-from vae_lightning.signatures import argument_problems
+from vae_lightning.signatures import ArgumentProblem, argument_problems
 
 # test: the official test split; val: the validation images held out of the training split.
 Split = Literal["test", "val"]
@@ -50,7 +51,24 @@ TABLE_ROWS = {
     "nll_iwae": ("nats/image", ".2f"),
     "bits_per_dim": ("bits/pixel", ".4f"),
     "active_units": ("of the latent dims", ".0f"),
+    "fid": ("on eval.features", ".3f"),
+    "kid": ("on eval.features", ".5f"),
+    "kid_std": ("over KID subsets", ".5f"),
+    "precision": ("fraction", ".3f"),
+    "recall": ("fraction", ".3f"),
 }
+# eval.metrics: "nll" is the test loop above (ELBO terms, IWAE, bits/dim, active units).
+EVAL_METRICS = ("nll", *SAMPLE_QUALITY_METRICS)
+# eval.* keys passed to metrics.sample_quality_eval.sample_quality (docs/sample-quality.md).
+SAMPLE_QUALITY_KEYS = (
+    "num_samples",
+    "features",
+    "nearest_k",
+    "kid_subsets",
+    "kid_subset_size",
+    "classifier",
+    "feature_cache_dir",
+)
 
 
 class EvaluationError(UserError, ValueError):
@@ -138,8 +156,17 @@ def evaluate_checkpoint(
 def check_eval_settings(settings: dict[str, Any], data_target: Callable[..., Any]) -> None:
     """Raise one ConfigError listing every bad ``eval.*`` value, judged by the signatures of
     the code they go to: ``evaluate_checkpoint`` and the data module (``eval.batch_size``)."""
-    checked = {name: value for name, value in settings.items() if name != "batch_size"}
+    own = ("batch_size", "metrics", *SAMPLE_QUALITY_KEYS)
+    checked = {name: value for name, value in settings.items() if name not in own}
     problems = argument_problems(evaluate_checkpoint, checked)
+    problems += argument_problems(
+        sample_quality, {key: settings[key] for key in SAMPLE_QUALITY_KEYS if key in settings}
+    )
+    unknown = [name for name in settings.get("metrics", ["nll"]) if name not in EVAL_METRICS]
+    if unknown:
+        problems.append(
+            ArgumentProblem("metrics", unknown, f"the known metrics are {', '.join(EVAL_METRICS)}")
+        )
     if "batch_size" in settings:
         problems += [
             replace(problem, parameter="batch_size")
@@ -187,7 +214,8 @@ def data_config(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
 
 def print_table(results: dict[str, Any], console: Console | None = None) -> None:
     split = results["split"]
-    table = Table(title=f"{Path(results['ckpt_path']).name} on {split} ({results['num_images']})")
+    images = results.get("num_images", "-")
+    table = Table(title=f"{Path(results['ckpt_path']).name} on {split} ({images})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("unit")
@@ -215,16 +243,33 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_eval_settings(settings, get_object(data["_target_"]))
     data["eval_batch_size"] = cfg.eval.batch_size
     datamodule = instantiate(data)
-    results = evaluate_checkpoint(
-        ckpt_path,
-        datamodule,
-        split=cfg.eval.split,
-        iwae_k=cfg.eval.iwae_k,
-        chunk_rows=cfg.eval.chunk_rows,
-        accelerator=cfg.eval.accelerator,
-        limit_batches=cfg.eval.limit_batches,
-        progress_bar=cfg.eval.progress_bar,
-    )
+    metrics = settings.get("metrics", ["nll"])
+    results: dict[str, Any] = {"split": cfg.eval.split, "ckpt_path": str(ckpt_path.resolve())}
+    if "nll" in metrics:
+        results = evaluate_checkpoint(
+            ckpt_path,
+            datamodule,
+            split=cfg.eval.split,
+            iwae_k=cfg.eval.iwae_k,
+            chunk_rows=cfg.eval.chunk_rows,
+            accelerator=cfg.eval.accelerator,
+            limit_batches=cfg.eval.limit_batches,
+            progress_bar=cfg.eval.progress_bar,
+        )
+    if quality := [name for name in metrics if name in SAMPLE_QUALITY_METRICS]:
+        model = VAELitModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+        results.update(
+            sample_quality(
+                model,
+                datamodule,
+                quality,
+                split=cfg.eval.split,
+                batch_size=cfg.eval.batch_size,
+                accelerator=cfg.eval.accelerator,
+                **{key: settings[key] for key in SAMPLE_QUALITY_KEYS if key in settings},
+            )
+        )
+    results["metrics"] = metrics
     results["data"] = {
         key: data[key] for key in ("dataset", "root", "binarize", "split_seed", "val_size")
     }
@@ -232,10 +277,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = RunLayout(cfg.paths.output_dir).eval_results
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    print(
-        f"Peak memory {results['peak_memory_mb']:.0f} MiB ({results['peak_memory_kind']}), "
-        f"{results['seconds']:.1f} s on {results['device']}. Results: {out}"
-    )
+    if "peak_memory_mb" in results:  # the nll test loop ran
+        print(
+            f"Peak memory {results['peak_memory_mb']:.0f} MiB ({results['peak_memory_kind']}), "
+            f"{results['seconds']:.1f} s on {results['device']}."
+        )
+    extractor = results.get("sample_quality", {}).get("feature_extractor", {})
+    if "test_accuracy" in extractor:
+        print(
+            f"Sample quality on the domain classifier's features (test accuracy "
+            f"{extractor['test_accuracy']:.4f}; {extractor['path']})."
+        )
+    print(f"Results: {out}")
     return results
 
 
