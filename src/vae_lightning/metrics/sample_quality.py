@@ -13,6 +13,7 @@ Every function takes features (N, D) and returns plain floats.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -64,9 +65,11 @@ def kernel_distance(
     value is reproducible and the caller's RNG is untouched.
     """
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(
-        feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size
-    )
+    with warnings.catch_warnings():  # "will save all extracted features": features are all
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        metric = KernelInceptionDistance(
+            feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size
+        )
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     with forked_rng():
