@@ -204,8 +204,15 @@ def test_vae_eval_writes_the_sample_quality_keys(tmp_path, trained_run):
 def test_vae_eval_settings_reject_an_unknown_metric_and_feature_kind():
     with pytest.raises(ConfigError) as caught:
         check_eval_settings(
-            {"metrics": ["nll", "fidd"], "features": "clip", "num_samples": 0}, MNISTDataModule
+            {
+                "metrics": ["nll", "fidd"],
+                "features": "clip",
+                "num_samples": 0,
+                "classifier": {"epochs": 0, "depth": 5},
+            },
+            MNISTDataModule,
         )
     message = str(caught.value)
     assert "eval.metrics" in message and "precision_recall" in message
     assert "eval.features='clip'" in message and "eval.num_samples=0" in message
+    assert "eval.classifier.epochs=0" in message and "eval.classifier.depth" in message

@@ -35,6 +35,7 @@ from vae_lightning.config_checks import config_error
 from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.lit_module import VAELitModule
+from vae_lightning.metrics.features import ClassifierSettings
 from vae_lightning.metrics.sample_quality_eval import SAMPLE_QUALITY_METRICS, sample_quality
 from vae_lightning.run_layout import RunLayout
 from vae_lightning.seeding import EVAL_SEED
@@ -162,6 +163,10 @@ def check_eval_settings(settings: dict[str, Any], data_target: Callable[..., Any
     problems += argument_problems(
         sample_quality, {key: settings[key] for key in SAMPLE_QUALITY_KEYS if key in settings}
     )
+    problems += [
+        replace(problem, parameter=f"classifier.{problem.parameter}")
+        for problem in argument_problems(ClassifierSettings, settings.get("classifier") or {})
+    ]
     unknown = [name for name in settings.get("metrics", ["nll"]) if name not in EVAL_METRICS]
     if unknown:
         problems.append(
