@@ -41,6 +41,8 @@ from vae_lightning.data.datamodule import prepare_images
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.metrics import CODE_METRICS, NEEDS_FACTORS, code_metrics
+from vae_lightning.metrics.features import ClassifierSettings
+from vae_lightning.metrics.sample_quality_eval import SAMPLE_QUALITY_METRICS, sample_quality
 from vae_lightning.run_layout import RunLayout
 from vae_lightning.seeding import EVAL_SEED
 from vae_lightning.signatures import argument_problems
@@ -63,12 +65,40 @@ TABLE_ROWS = {
     "sap": ("0..1", ".3f"),
     "factorvae_score": ("0..1, vote accuracy", ".3f"),
     "tc": ("nats (Gaussian fit)", ".4f"),
+    "fid": ("on eval.features", ".3f"),
+    "kid": ("on eval.features", ".5f"),
+    "kid_std": ("over KID subsets", ".5f"),
+    "precision": ("fraction", ".3f"),
+    "recall": ("fraction", ".3f"),
 }
 # eval.metrics: nll runs the test loop (ELBO terms, IWAE NLL, bits/dim, active units); the
-# others are figures of the posterior means of the split's images (vae_lightning.metrics).
-MetricName = Literal["nll", "mig", "dci", "sap", "factorvae", "tc", "active_units", "kl_per_dim"]
+# code metrics are figures of the posterior means of the split's images (vae_lightning.metrics);
+# fid, kid and precision_recall compare samples with the split (metrics/sample_quality.py).
+MetricName = Literal[
+    "nll",
+    "mig",
+    "dci",
+    "sap",
+    "factorvae",
+    "tc",
+    "active_units",
+    "kl_per_dim",
+    "fid",
+    "kid",
+    "precision_recall",
+]
 # How many images an encoding pass takes at once (memory only: the codes do not depend on it).
 ENCODE_CHUNK = 1000
+# eval.* keys passed to metrics.sample_quality_eval.sample_quality (docs/sample-quality.md).
+SAMPLE_QUALITY_KEYS = (
+    "num_samples",
+    "features",
+    "nearest_k",
+    "kid_subsets",
+    "kid_subset_size",
+    "classifier",
+    "feature_cache_dir",
+)
 
 
 class EvaluationError(UserError, ValueError):
@@ -271,8 +301,16 @@ def representation_metrics(
 def check_eval_settings(settings: dict[str, Any], data_target: Callable[..., Any]) -> None:
     """Raise one ConfigError listing every bad ``eval.*`` value, judged by the signatures of
     the code they go to: ``evaluate_checkpoint`` and the data module (``eval.batch_size``)."""
-    checked = {name: value for name, value in settings.items() if name != "batch_size"}
+    own = ("batch_size", *SAMPLE_QUALITY_KEYS)
+    checked = {name: value for name, value in settings.items() if name not in own}
     problems = argument_problems(evaluate_checkpoint, checked)
+    problems += argument_problems(
+        sample_quality, {key: settings[key] for key in SAMPLE_QUALITY_KEYS if key in settings}
+    )
+    problems += [
+        replace(problem, parameter=f"classifier.{problem.parameter}")
+        for problem in argument_problems(ClassifierSettings, settings.get("classifier") or {})
+    ]
     if "batch_size" in settings:
         problems += [
             replace(problem, parameter="batch_size")
@@ -320,7 +358,8 @@ def data_config(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
 
 def print_table(results: dict[str, Any], console: Console | None = None) -> None:
     split = results["split"]
-    table = Table(title=f"{Path(results['ckpt_path']).name} on {split} ({results['num_images']})")
+    images = results.get("num_images", "-")
+    table = Table(title=f"{Path(results['ckpt_path']).name} on {split} ({images})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("unit")
@@ -361,6 +400,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         progress_bar=cfg.eval.progress_bar,
         metrics=tuple(cfg.eval.metrics),
     )
+    if quality := [name for name in cfg.eval.metrics if name in SAMPLE_QUALITY_METRICS]:
+        model = VAELitModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+        results.update(
+            sample_quality(
+                model,
+                datamodule,
+                quality,
+                split=cfg.eval.split,
+                batch_size=cfg.eval.batch_size,
+                accelerator=cfg.eval.accelerator,
+                **{key: settings[key] for key in SAMPLE_QUALITY_KEYS if key in settings},
+            )
+        )
     results["data"] = {
         key: data[key] for key in ("dataset", "root", "binarize", "split_seed", "val_size")
     }
@@ -368,10 +420,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = RunLayout(cfg.paths.output_dir).eval_results
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    print(
-        f"Peak memory {results['peak_memory_mb']:.0f} MiB ({results['peak_memory_kind']}), "
-        f"{results['seconds']:.1f} s on {results['device']}. Results: {out}"
-    )
+    if "peak_memory_mb" in results:  # the nll test loop ran
+        print(
+            f"Peak memory {results['peak_memory_mb']:.0f} MiB ({results['peak_memory_kind']}), "
+            f"{results['seconds']:.1f} s on {results['device']}."
+        )
+    extractor = results.get("sample_quality", {}).get("feature_extractor", {})
+    if "test_accuracy" in extractor:
+        print(
+            f"Sample quality on the domain classifier's features (test accuracy "
+            f"{extractor['test_accuracy']:.4f}; {extractor['path']})."
+        )
+    print(f"Results: {out}")
     return results
 
 
