@@ -132,9 +132,19 @@ class MNISTDataModule(L.LightningDataModule):
         transform: Any = None,
         image_shape: ImageShape = (1, 28, 28),
         verify_checksums: bool = True,
+        num_classes: NonNegativeInt | None = None,
     ) -> None:
         super().__init__()
         info = dataset_info(dataset)
+        # How many classes the labels take, for conditional models (model=cvae); 0 or None
+        # declares the data unlabelled. The MNIST family has labels: their count or nothing.
+        if num_classes not in (None, 0, len(info.class_names)):
+            raise ValueError(
+                f"data.num_classes={num_classes} but {info.title} has "
+                f"{len(info.class_names)} classes; set data.num_classes="
+                f"{len(info.class_names)}."
+            )
+        self.num_classes = num_classes or 0
         if info.idx is None:
             raise ValueError(
                 f"data.dataset={dataset!r} is not stored as IDX files, which is all "
