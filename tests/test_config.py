@@ -17,7 +17,7 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_hold_the_documented_options():
-    assert options("model") == ["conv", "mlp"]
+    assert options("model") == ["conv", "cvae", "mlp"]
     assert options("data") == ["fashion_mnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
