@@ -148,12 +148,15 @@ def test_factories_declare_whether_they_build_a_conditional_network():
 
 
 # ------------------------------------------------------------------ the config rules
-def test_cvae_on_data_without_labels_is_refused_before_training(compose_train):
+@pytest.mark.parametrize("unlabelled", ["data.num_classes=0", "~data.num_classes"])
+def test_cvae_on_data_without_labels_is_refused_before_training(compose_train, unlabelled):
     with pytest.raises(ConfigError) as err:
-        check_config(compose_train(["model=cvae", "data.num_classes=0"]))
+        check_config(compose_train(["model=cvae", unlabelled]))
     message = str(err.value)
     assert "model=cvae conditions on the class labels, but data=mnist has none" in message
     assert message.count("\n  - ") == 1  # one problem, not the signature's too
+    with pytest.raises(ConfigError, match="model.net.num_classes=5 but the data's labels"):
+        check_config(compose_train(["model=cvae", "model.net.num_classes=5"]))
     check_config(compose_train(["model=mlp", "data.num_classes=0"]))  # fine unconditioned
     check_config(compose_train(["model=cvae", "data=fashion_mnist"]))
 

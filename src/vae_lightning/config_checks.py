@@ -120,6 +120,7 @@ def conditional_model_problems(cfg: DictConfig) -> dict[str, str]:
     return conditional_problems(
         _choice("model", f"model.net._target_={_selected(cfg, 'model.net._target_')}"),
         _selected(cfg, "data.num_classes"),
+        _selected(cfg, "model.net.num_classes"),
         _choice("data", "the data"),
         _target_object(cfg, "prior"),
         _choice("prior", f"prior._target_={_selected(cfg, 'prior._target_')}"),

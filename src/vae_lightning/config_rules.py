@@ -3,7 +3,8 @@ the machine, and the few limits we put on third-party classes beyond their own c
 
 Each component checks its own parameters (its typed signature, then its constructor; see
 config_checks.py). What is here relates two groups (the likelihood and the data's
-binarization, the model and the data's image shape) or a group and the machine
+binarization, the model and the data's image shape, a conditional model and the data's
+labels or the prior) or a group and the machine
 (``trainer.devices``).
 """
 
@@ -105,18 +106,30 @@ def builds_conditional(target: Any) -> bool:
 
 
 def conditional_problems(
-    model_name: str, num_classes: Any, data_name: str, prior: type | None, prior_name: str
+    model_name: str,
+    num_classes: Any,
+    model_classes: Any,
+    data_name: str,
+    prior: type | None,
+    prior_name: str,
 ) -> dict[str, str]:
     """What a conditional model (model=cvae) needs of the other groups: labelled data, and a
     prior that does not read the encoder (a VampPrior's pseudo-inputs have no labels). By the
     config key each problem is about."""
     problems = {}
+    # About the model's own key: what its signature check would otherwise report, less clearly.
     if not num_classes:
-        problems["data.num_classes"] = (
+        problems["model.net.num_classes"] = (
             f"{model_name} conditions on the class labels, but {data_name} has none "
             f"(data.num_classes={num_classes}; an image folder without class sub-folders, "
             "say). Train it on labelled data (data=mnist, data=fashion_mnist), or pick an "
             "unconditional model (model=mlp, model=conv)."
+        )
+    elif model_classes != num_classes:
+        problems["model.net.num_classes"] = (
+            f"model.net.num_classes={model_classes} but the data's labels take "
+            f"data.num_classes={num_classes} values; leave model.net.num_classes to its "
+            "default, which follows the data."
         )
     if prior is not None and reads_encoder(prior):
         problems["prior"] = (

@@ -45,7 +45,7 @@ def reads_encoder(prior: Prior | type[Prior]) -> bool:
     """Whether a prior is defined through the encoder (it overrides ``Prior.bind``, like the
     VampPrior and its pseudo-inputs). Such a prior has no label to give a conditional encoder."""
     cls = prior if isinstance(prior, type) else type(prior)
-    return cls.bind is not Prior.bind
+    return getattr(cls, "bind", Prior.bind) is not Prior.bind
 
 
 def conditioned_input_shape(
