@@ -18,7 +18,7 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_hold_the_documented_options():
-    assert options("model") == ["conv", "hvae", "mlp", "resnet"]
+    assert options("model") == ["conv", "cvae", "hvae", "mlp", "resnet"]
     assert options("data") == ["cifar10", "dsprites", "fashion_mnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))

@@ -101,6 +101,16 @@ SAMPLE_QUALITY_KEYS = (
 )
 
 
+# For a conditional model (model=cvae) the same metrics are of log p(x|y): what each row then is.
+CONDITIONAL_TITLES = {
+    "elbo": "ELBO of log p(x|y)",
+    "rec": "-E_q log p(x|z,y)",
+    "kl": "KL(q(z|x,y) || p(z))",
+    "nll_iwae": "-log p(x|y)",
+    "bits_per_dim": "-log2 p(x|y) per pixel",
+}
+
+
 class EvaluationError(UserError, ValueError):
     """A bad vae-eval invocation; the message says what to do."""
 
@@ -203,6 +213,8 @@ def evaluate_checkpoint(
         "prior": model.net.prior.__class__.__name__,
         "posterior": model.net.posterior.__class__.__name__,
         "kl_estimator": model.kl_estimator,
+        # "label": a conditional model's bounds and estimates are of log p(x|y), not log p(x).
+        "conditional_on": "label" if model.net.conditional else None,
         "seed": EVAL_SEED,
         "chunk_rows": chunk_rows,
         "device": str(trainer.strategy.root_device),
@@ -358,8 +370,11 @@ def data_config(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
 
 def print_table(results: dict[str, Any], console: Console | None = None) -> None:
     split = results["split"]
-    images = results.get("num_images", "-")
-    table = Table(title=f"{Path(results['ckpt_path']).name} on {split} ({images})")
+    conditional = results.get("conditional_on") == "label"
+    title = f"{Path(results['ckpt_path']).name} on {split} ({results.get('num_images', '-')})"
+    if conditional:
+        title += ", conditional on the label"
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("unit")
@@ -367,6 +382,8 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
         key = f"{split}/{name}"
         if key in results:
             label = f"{key} (k={results['iwae_k']})" if name == "nll_iwae" else key
+            if conditional and name in CONDITIONAL_TITLES:
+                label = f"{label}: {CONDITIONAL_TITLES[name]}"
             table.add_row(label, format(results[key], fmt), unit)
     for key in sorted(k for k in results if k.startswith(f"{split}/kl_per_dim/")):
         table.add_row(key, format(results[key], ".3f"), "nats/image")

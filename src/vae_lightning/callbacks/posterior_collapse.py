@@ -43,7 +43,7 @@ class PosteriorCollapse(VisualCallback):
             return
         count = 0
         if trainer.is_global_zero and self.num_collected > 1:
-            mu, logvar = encode(pl_module, self.images)
+            mu, logvar = encode(pl_module, self.images, self.labels)
             count = active_units(mu, self.threshold)
             writer = tensorboard_writer(trainer)
             kl = pl_module.net.prior.kl_per_dim(mu, logvar)

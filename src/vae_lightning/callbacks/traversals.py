@@ -26,6 +26,8 @@ class LatentTraversals(VisualCallback):
     KL per dimension, and the KL to N(0, 1) would rank its dimensions by how far the prior
     is from N(0, 1): the order is then by the variance of the posterior means over the
     images (Burda et al.'s activity statistic), which measures the same thing, free of p.
+    A conditional network encodes the images with their labels and decodes every row with
+    the centre image's label.
 
     Args:
         num_dims: rows (K); all dimensions when the latent space is smaller.
@@ -52,14 +54,16 @@ class LatentTraversals(VisualCallback):
     def log_visuals(
         self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter
     ) -> None:
-        mu, logvar = encode(pl_module, self.images)
+        mu, logvar = encode(pl_module, self.images, self.labels)
         kl = pl_module.net.prior.kl_per_dim(mu, logvar)
         informative = posterior_mean_variance(mu) if kl is None else kl.mean(dim=0)
         order = informative.argsort(descending=True, stable=True)
         dims = order[: self.num_dims].tolist()
         values = torch.linspace(-self.limit, self.limit, self.num_steps)
-        centre = mu[min(self.image_index, len(mu) - 1)]
-        images = decode(pl_module, traversal_latents(centre, dims, values))
+        index = min(self.image_index, len(mu) - 1)
+        latents = traversal_latents(mu[index], dims, values)
+        labels = self.labels[index].cpu().expand(len(latents))
+        images = decode(pl_module, latents, labels)
         writer.add_image(
             "val/traversals", make_grid(images, nrow=self.num_steps), trainer.global_step
         )
