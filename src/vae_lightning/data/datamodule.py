@@ -94,14 +94,20 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = Image.fromarray(self.images[index, 0].numpy(), mode="L")
+        pixels = self.images[index].numpy()  # (C, H, W): PIL wants (H, W) or (H, W, C)
+        image = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """MNIST-family images as uint8 tensors, binarized on the device batch by batch.
+class TensorImageDataModule(L.LightningDataModule):
+    """Images as uint8 (N, C, H, W) tensors, binarized on the device batch by batch.
+
+    A subclass says where the images come from: :meth:`read_splits` returns the train, val
+    and test splits as uint8 images and int64 labels (and records in ``sources`` the file or
+    folder each was read from); :meth:`prepare_data` may download. Everything after that is
+    shared: device placement, binarization, loaders.
 
     With ``loader="tensor"`` (default) ``splits`` live on the training GPU when there is one
     (see :func:`storage_device`), so training copies nothing from the host per batch;
@@ -110,18 +116,11 @@ class MNISTDataModule(L.LightningDataModule):
     Binarization: ``dynamic`` draws a fresh Bernoulli sample each time a training image is
     seen; validation and test images get one fixed, seeded draw (so figures are comparable
     across runs); ``static`` fixes the training draw too; ``none`` keeps grey levels in [0, 1].
-    The validation split is carved out of the official training split with ``split_seed``;
-    the test split is the official one and never touches training. With ``verify_checksums``
-    the ``.gz`` files are checked against their published MD5s (see data/checksums.py).
     """
 
     def __init__(
         self,
-        dataset: str = "mnist",
-        root: str = "data",
-        search_dirs: list[str] | None = None,
-        download: bool = True,
-        val_size: PositiveInt = 5000,
+        dataset: str,
         batch_size: PositiveInt = 128,
         eval_batch_size: PositiveInt = 1000,
         binarize: Binarize = "dynamic",
@@ -131,103 +130,22 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: Seed = 42,
         transform: Any = None,
         image_shape: ImageShape = (1, 28, 28),
-        verify_checksums: bool = True,
     ) -> None:
         super().__init__()
-        info = dataset_info(dataset)
-        if info.idx is None:
-            raise ValueError(
-                f"data.dataset={dataset!r} is not stored as IDX files, which is all "
-                f"{type(self).__name__} reads; pick its own data config (data={dataset})."
-            )
-        self.info, self.storage = info, info.idx
-        self.dataset, self.root, self.download = dataset, Path(root), download
-        self.search_dirs = [Path(p) for p in search_dirs or []]
-        self.val_size, self.batch_size, self.eval_batch_size = (
-            val_size,
-            batch_size,
-            eval_batch_size,
-        )
+        self.info = dataset_info(dataset)
+        self.dataset = dataset
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.binarize, self.loader, self.num_workers = binarize, loader, num_workers
         self.seed, self.split_seed = seed, split_seed
         self.transform = transform if transform is not None else PILToTensor()
         self.image_shape = tuple(image_shape)
-        self.verify_checksums = verify_checksums
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
-        self.sources: dict[str, Path] = {}  # split -> the image file it was read from
-        self._download_error: Exception | None = None
+        self.sources: dict[str, Path] = {}  # split -> the file or folder it was read from
 
-    # ----------------------------------------------------------------- files
-    @property
-    def folders(self) -> list[Path]:
-        return candidate_dirs([self.root, *self.search_dirs], self.storage)
-
-    def split_files(self, split: str) -> tuple[Path, Path]:
-        found = [find_file(self.folders, name) for name in self.storage.split_files[split]]
-        if None in found:
-            raise DataFileError(self._missing_files_message(split))
-        return found[0], found[1]
-
-    def _missing_files_message(self, split: str) -> str:
-        names = ", ".join(f"{n}[.gz]" for n in self.storage.split_files[split])
-        where = ", ".join(str(f) for f in self.folders)
-        if not self.download:
-            why = "Downloading is off (data.download=false)."
-        elif self._download_error is not None:
-            reason = " ".join(str(self._download_error).split())  # torchvision's is multi-line
-            why = f"The download failed ({reason[:300]})."
-        else:
-            why = "They were not downloaded."
-        return (
-            f"{self.dataset} {split} files not found: looked for {names} in {where}. {why} "
-            f"Fix it in one of two ways: run with internet access and data.download=true to "
-            f"fetch them into {self.root}, or copy the IDX files (gzipped or not) into "
-            f"data.root={self.root} (flat, or in torchvision's "
-            f"{self.storage.raw_folder}/ layout). Offline, "
-            "`apt-get install dataset-fashion-mnist` makes data=fashion_mnist work as is."
-        )
-
-    def prepare_data(self) -> None:
-        """Download (rank 0 only, as Lightning calls it) when files are missing and allowed."""
-        missing = any(find_file(self.folders, n) is None for n in self.storage.file_names)
-        if not (missing and self.download):
-            return
-        from torchvision import datasets
-
-        try:
-            getattr(datasets, self.storage.torchvision_class)(str(self.root), download=True)
-        except Exception as err:  # no network, mirror down, checksum mismatch: report later
-            self._download_error = err
-
-    # ---------------------------------------------------------------- splits
-    @property
-    def download_folder(self) -> Path:
-        """Where torchvision puts the files it downloads (and verifies)."""
-        return self.root / self.storage.raw_folder
-
-    def load_split(self, split: str) -> tuple[Tensor, Tensor]:
-        files = self.split_files(split)
-        self.sources[split] = files[0]
-        rank_zero_info(self.source_note(split, files[0]))
-        if self.verify_checksums:
-            for path in files:
-                # Strict where downloads land: a partial download must never pass.
-                strict = path.parent.resolve() == self.download_folder.resolve()
-                verify_checksum(path, self.dataset, strict=strict)
-        return read_image_label_pair(*files, self.image_shape[1:])
-
-    def source_note(self, split: str, images_file: Path) -> str:
-        """Where a split was read from, and why there: the run says so, never silently
-        falling back from data.root to a search dir (Debian's copy, say)."""
-        note = f"{self.info.title} {split} split: {images_file}"
-        if images_file.parent in self.search_dir_folders and images_file.parent != self.root:
-            why = "does not exist" if not self.root.exists() else "has no such files"
-            note += f" (from data.search_dirs: data.root={self.root} {why})"
-        return note
-
-    @property
-    def search_dir_folders(self) -> set[Path]:
-        return set(candidate_dirs(self.search_dirs, self.storage))
+    def read_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The train/val/test splits as uint8 (N, C, H, W) images and int64 labels, before
+        any binarization, in host memory (or memory-mapped)."""
+        raise NotImplementedError
 
     @property
     def training_device(self) -> torch.device:
@@ -246,24 +164,8 @@ class MNISTDataModule(L.LightningDataModule):
         }
 
     def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """The train/val/test splits as uint8 images and int64 labels, in host memory."""
-        images, labels = self.load_split("train")
-        if not 0 < self.val_size < len(images):
-            raise ConfigError(
-                f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
-                f"the training split ({self.sources['train']}) holds {len(images)} images. "
-                "Set a smaller data.val_size, or point data.root at the full dataset."
-            )
-        order = torch.randperm(
-            len(images), generator=torch.Generator().manual_seed(self.split_seed)
-        )
-        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
-        test_images, test_labels = self.load_split("test")
-        splits = {
-            "train": (images[train_idx], labels[train_idx]),
-            "val": (images[val_idx], labels[val_idx]),
-            "test": (test_images, test_labels),
-        }
+        """The splits of :meth:`read_splits` with the fixed, seeded binarizations applied."""
+        splits = self.read_splits()
         # Fixed, seeded binarization for evaluation (and for training when static).
         fixed = ("train", "val", "test") if self.binarize == "static" else ("val", "test")
         if self.binarize != "none":
@@ -338,3 +240,147 @@ class MNISTDataModule(L.LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return prepare_images(images, fresh_draw=training and self.binarize == "dynamic"), labels
+
+
+class MNISTDataModule(TensorImageDataModule):
+    """MNIST-family images from IDX files (local, or downloaded with torchvision).
+
+    The validation split is carved out of the official training split with ``split_seed``;
+    the test split is the official one and never touches training. With ``verify_checksums``
+    the ``.gz`` files are checked against their published MD5s (see data/checksums.py).
+    Loading, binarization and loaders: :class:`TensorImageDataModule`.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        root: str = "data",
+        search_dirs: list[str] | None = None,
+        download: bool = True,
+        val_size: PositiveInt = 5000,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 1000,
+        binarize: Binarize = "dynamic",
+        loader: Literal["tensor", "torch"] = "tensor",
+        num_workers: NonNegativeInt = 0,
+        seed: Seed = 0,
+        split_seed: Seed = 42,
+        transform: Any = None,
+        image_shape: ImageShape = (1, 28, 28),
+        verify_checksums: bool = True,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            binarize=binarize,
+            loader=loader,
+            num_workers=num_workers,
+            seed=seed,
+            split_seed=split_seed,
+            transform=transform,
+            image_shape=image_shape,
+        )
+        if self.info.idx is None:
+            raise ValueError(
+                f"data.dataset={dataset!r} is not stored as IDX files, which is all "
+                f"{type(self).__name__} reads; pick its own data config (data={dataset})."
+            )
+        self.storage = self.info.idx
+        self.root, self.download = Path(root), download
+        self.search_dirs = [Path(p) for p in search_dirs or []]
+        self.val_size = val_size
+        self.verify_checksums = verify_checksums
+        self._download_error: Exception | None = None
+
+    # ----------------------------------------------------------------- files
+    @property
+    def folders(self) -> list[Path]:
+        return candidate_dirs([self.root, *self.search_dirs], self.storage)
+
+    def split_files(self, split: str) -> tuple[Path, Path]:
+        found = [find_file(self.folders, name) for name in self.storage.split_files[split]]
+        if None in found:
+            raise DataFileError(self._missing_files_message(split))
+        return found[0], found[1]
+
+    def _missing_files_message(self, split: str) -> str:
+        names = ", ".join(f"{n}[.gz]" for n in self.storage.split_files[split])
+        where = ", ".join(str(f) for f in self.folders)
+        if not self.download:
+            why = "Downloading is off (data.download=false)."
+        elif self._download_error is not None:
+            reason = " ".join(str(self._download_error).split())  # torchvision's is multi-line
+            why = f"The download failed ({reason[:300]})."
+        else:
+            why = "They were not downloaded."
+        return (
+            f"{self.dataset} {split} files not found: looked for {names} in {where}. {why} "
+            f"Fix it in one of two ways: run with internet access and data.download=true to "
+            f"fetch them into {self.root}, or copy the IDX files (gzipped or not) into "
+            f"data.root={self.root} (flat, or in torchvision's "
+            f"{self.storage.raw_folder}/ layout). Offline, "
+            "`apt-get install dataset-fashion-mnist` makes data=fashion_mnist work as is."
+        )
+
+    def prepare_data(self) -> None:
+        """Download (rank 0 only, as Lightning calls it) when files are missing and allowed."""
+        missing = any(find_file(self.folders, n) is None for n in self.storage.file_names)
+        if not (missing and self.download):
+            return
+        from torchvision import datasets
+
+        try:
+            getattr(datasets, self.storage.torchvision_class)(str(self.root), download=True)
+        except Exception as err:  # no network, mirror down, checksum mismatch: report later
+            self._download_error = err
+
+    # ---------------------------------------------------------------- splits
+    @property
+    def download_folder(self) -> Path:
+        """Where torchvision puts the files it downloads (and verifies)."""
+        return self.root / self.storage.raw_folder
+
+    def load_split(self, split: str) -> tuple[Tensor, Tensor]:
+        files = self.split_files(split)
+        self.sources[split] = files[0]
+        rank_zero_info(self.source_note(split, files[0]))
+        if self.verify_checksums:
+            for path in files:
+                # Strict where downloads land: a partial download must never pass.
+                strict = path.parent.resolve() == self.download_folder.resolve()
+                verify_checksum(path, self.dataset, strict=strict)
+        return read_image_label_pair(*files, self.image_shape[1:])
+
+    def source_note(self, split: str, images_file: Path) -> str:
+        """Where a split was read from, and why there: the run says so, never silently
+        falling back from data.root to a search dir (Debian's copy, say)."""
+        note = f"{self.info.title} {split} split: {images_file}"
+        if images_file.parent in self.search_dir_folders and images_file.parent != self.root:
+            why = "does not exist" if not self.root.exists() else "has no such files"
+            note += f" (from data.search_dirs: data.root={self.root} {why})"
+        return note
+
+    @property
+    def search_dir_folders(self) -> set[Path]:
+        return set(candidate_dirs(self.search_dirs, self.storage))
+
+    def read_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The official train split less a seeded validation split, and the test split."""
+        images, labels = self.load_split("train")
+        if not 0 < self.val_size < len(images):
+            raise ConfigError(
+                f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
+                f"the training split ({self.sources['train']}) holds {len(images)} images. "
+                "Set a smaller data.val_size, or point data.root at the full dataset."
+            )
+        order = torch.randperm(
+            len(images), generator=torch.Generator().manual_seed(self.split_seed)
+        )
+        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        test_images, test_labels = self.load_split("test")
+        return {
+            "train": (images[train_idx], labels[train_idx]),
+            "val": (images[val_idx], labels[val_idx]),
+            "test": (test_images, test_labels),
+        }
