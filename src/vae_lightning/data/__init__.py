@@ -1,6 +1,12 @@
-"""MNIST-family data: IDX files, in-memory batch loaders and the LightningDataModule."""
+"""Data: IDX files and image folders, in-memory batch loaders and the LightningDataModules."""
 
 from vae_lightning.data.datamodule import MNISTDataModule, TensorImageDataModule
 from vae_lightning.data.idx import DataFileError
+from vae_lightning.data.image_folder import ImageFolderDataModule
 
-__all__ = ["DataFileError", "MNISTDataModule", "TensorImageDataModule"]
+__all__ = [
+    "DataFileError",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "TensorImageDataModule",
+]
