@@ -144,15 +144,21 @@ class DecodedImagesDataModule(TensorImageDataModule):
         """The files to decode, in a fixed order."""
         raise NotImplementedError
 
+    @property
+    def image_root(self) -> Path:
+        """The folder the files of :meth:`image_files` are relative to."""
+        return self.root
+
     def decode(self) -> tuple[list[ImageFile], DecodedImages]:
         """The files and their decoded rows (from the cache, built when missing)."""
         files = self.image_files()
         if self.decoded is None:
+            root = self.image_root
             self.decoded = decoded_images(
-                self.root,
+                root,
                 files,
                 self.settings,
-                cache_dir=choose_cache_dir(self.root, self.cache_dir),
+                cache_dir=choose_cache_dir(root, self.cache_dir),
                 on_bad_image=self.on_bad_image,
                 max_memory_gb=self.max_memory_gb,
                 workers=self.decode_workers,
