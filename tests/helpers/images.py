@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
 from PIL import Image
+
+from helpers.paths import CONF_DIR
+from helpers.runs import TrainedRun, output_overrides
+from vae_lightning.configs import compose_as_launched
+from vae_lightning.train import train
 
 FORMATS = ("png", "jpg", "webp")
 
@@ -88,3 +95,18 @@ def write_celeba(root: Path, count: int = 12, size: tuple[int, int] = (178, 218)
         lines.append(f"{name} {partition}")
     (root / "celeba" / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def folder_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """conf/train.yaml composed as vae-train composes it, outputs in run_dir; unlike
+    helpers.runs.compose_config no IDX data overrides are added (the data is in overrides)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose_as_launched("train", [*output_overrides(run_dir), *overrides])
+
+
+def folder_train_run(run_dir: Path, overrides: list[str]) -> TrainedRun:
+    """Train in-process with the real configs and train() (see folder_config)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose_as_launched("train", [*output_overrides(run_dir), *overrides])
+        metrics = train(cfg)
+    return TrainedRun(run_dir, cfg, metrics)
