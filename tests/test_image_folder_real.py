@@ -59,7 +59,7 @@ def test_exported_fashion_mnist_trains_to_the_same_val_elbo(tmp_path):
 
     common = [
         "trainer.max_epochs=1",
-        "trainer.limit_train_batches=100",
+        "+trainer.limit_train_batches=100",
         "~callbacks.progress_bar",
         "report=false",
         "test=false",
