@@ -167,7 +167,8 @@ class DecodedImagesDataModule(TensorImageDataModule):
 
     def prepare_data(self) -> None:
         """Build the decode cache once (rank 0, as Lightning calls it); ranks load it."""
-        self.decode()
+        if not self.splits:
+            self.decode()
 
     def mapped_splits(
         self, decoded: DecodedImages, labels: Sequence[int], rows_of: dict[str, list[int]]
@@ -188,7 +189,10 @@ class DecodedImagesDataModule(TensorImageDataModule):
                 f"{self.max_memory_gb} GiB: the training split is memory-mapped from "
                 f"{decoded.entry}."
             )
-        return split_tensors(decoded, labels, rows_of)
+        splits = split_tensors(decoded, labels, rows_of)
+        if not decoded.mapped:  # the splits hold copies: free the whole array
+            decoded.images = decoded.images[:0]
+        return splits
 
     def empty_split_message(self, split: str, count: int) -> str:
         return f"The {split} split of {self.root} is empty ({count} images in all)."
