@@ -212,6 +212,7 @@ def test_mixed_sizes_are_resized_or_named_when_resizing_is_off(tmp_path):
 def test_the_second_run_loads_the_cache_without_decoding(folder, caplog):
     entry = folder_module(folder).decoded.entry  # built here if no other test did
     built = (entry / "images.u8").stat().st_mtime_ns
+    caplog.clear()
     with caplog.at_level(logging.INFO):
         dm = folder_module(folder)
     assert "Decoding" not in caplog.text
