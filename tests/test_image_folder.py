@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -28,13 +29,15 @@ from helpers.images import (
     write_image_folder,
     write_truncated,
 )
-from helpers.paths import PROJECT_ROOT
+from helpers.paths import CONF_DIR, PROJECT_ROOT
 from vae_lightning.config_checks import check_config
+from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import ImageFolderDataModule
 from vae_lightning.data.decode_cache import TEMP_PREFIX, choose_cache_dir, decoded_images
 from vae_lightning.data.image_files import DecodeSettings, ImageFolderError, scan_images
 from vae_lightning.data.image_folder import MappedImages
 from vae_lightning.errors import ConfigError, UserError
+from vae_lightning.evaluate import evaluate
 
 
 def folder_module(root, size=16, channels=3, **options):
@@ -365,3 +368,21 @@ def test_a_training_run_through_the_image_folder(folder, tmp_path):
     )
     assert np.isfinite(run.metrics["val/elbo"]) and np.isfinite(run.metrics["test/elbo"])
     assert run.cfg.data._target_ == "vae_lightning.data.ImageFolderDataModule"
+    # vae-eval rebuilds the run's data module from its recorded config: the same test numbers.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        report = evaluate(
+            compose_as_launched(
+                "eval",
+                [
+                    f"ckpt_path={run.dir / 'checkpoints' / 'epoch_000.ckpt'}",
+                    f"paths.output_dir={tmp_path}",
+                    f"paths.log_dir={tmp_path}",
+                    "eval.progress_bar=false",
+                    "eval.batch_size=8",
+                    "eval.iwae_k=2",
+                ],
+            )
+        )
+    assert report["test/elbo"] == pytest.approx(run.metrics["test/elbo"], abs=1e-3)
+    assert report["data"]["dataset"] == "image_folder" and report["data"]["split"] == "random"
+    assert report["data"]["files"]["test"] == str(folder)
