@@ -30,7 +30,7 @@ from helpers.images import (
     write_truncated,
 )
 from helpers.paths import CONF_DIR, PROJECT_ROOT
-from vae_lightning.config_checks import check_config
+from vae_lightning.config_checks import build_checked_model, check_config
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import ImageFolderDataModule
 from vae_lightning.data.decode_cache import TEMP_PREFIX, choose_cache_dir, decoded_images
@@ -346,6 +346,11 @@ def test_hydra_composition_builds_the_module_from_data_keys(folder, tmp_path):
     assert list(cfg.data.image_shape) == [1, 8, 8]
     assert list(cfg.model.net.image_shape) == [1, 8, 8]
     check_config(cfg)  # every key checked against ImageFolderDataModule's signature
+    # The model check reads data.image_shape through its interpolations (a regression: it
+    # used to see the strings '${data.channels}', ...).
+    cfg = folder_config(tmp_path, [*overrides, "likelihood=bernoulli", "data.binarize=dynamic"])
+    parts = {key: cfg[key] for key in ("optimizer", "likelihood", "objective", "test_iwae_k")}
+    build_checked_model(cfg, lambda: instantiate(cfg.model, **parts))  # ConfigError if not
     dm = instantiate(cfg.data)
     assert isinstance(dm, ImageFolderDataModule) and dm.settings == DecodeSettings(8, 1)
     with pytest.raises(ConfigError, match="Missing mandatory value: data.root"):

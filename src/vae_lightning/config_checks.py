@@ -212,7 +212,7 @@ def build_checked_model(
     pass draws z from a forked RNG, so the seeded training stream is the same with or without.
     """
     shape = OmegaConf.select(cfg, "data.image_shape", default=None)
-    shape = OmegaConf.to_container(shape) if isinstance(shape, ListConfig) else shape
+    shape = OmegaConf.to_container(shape, resolve=True) if isinstance(shape, ListConfig) else shape
     model_name = _choice("model", f"model._target_={cfg.model.get('_target_')}")
     fix = "Pick a model that fits the data (model=mlp takes any image shape)."
     net_shape = OmegaConf.select(cfg, "model.net.image_shape", default=None)
