@@ -94,8 +94,11 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        pixels = self.images[index].numpy()  # (C, H, W): PIL wants (H, W) or (H, W, C)
-        image = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
+        pixels = self.images[index]  # (C, H, W): one channel is grey, three are RGB
+        if len(pixels) == 1:
+            image = Image.fromarray(pixels[0].numpy(), mode="L")
+        else:
+            image = Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
