@@ -6,8 +6,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from helpers.paths import CONF_DIR
+from helpers.runs import compose_data_option
 from vae_lightning.config_checks import ConfigError, check_config
-from vae_lightning.data import MNISTDataModule
+from vae_lightning.data import TensorImageDataModule
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.train import instantiate_named
 
@@ -17,13 +18,22 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_hold_the_documented_options():
-    assert options("model") == ["conv", "mlp", "resnet"]
-    assert options("data") == ["fashion_mnist", "mnist"]
+    assert options("model") == ["conv", "hvae", "mlp", "resnet"]
+    assert options("data") == [
+        "celeba",
+        "cifar10",
+        "dsprites",
+        "fashion_mnist",
+        "image_folder",
+        "mnist",
+    ]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
     assert options("debug") == ["fast"]
     assert options("likelihood") == ["bernoulli", "continuous_bernoulli", "gaussian"]
     assert options("objective") == ["elbo", "iwae"]
+    assert options("prior") == ["standard"]
+    assert options("posterior") == ["gaussian"]
 
 
 @pytest.mark.parametrize(
@@ -68,10 +78,11 @@ def test_model_and_optimizer_instantiate(compose_train, model, optimizer):
 
 
 @pytest.mark.parametrize("data", options("data"))
-def test_data_options_instantiate(compose_train, data):
-    cfg = compose_train([f"data={data}"])
+def test_data_options_instantiate(compose_train, tmp_path, data):
+    required = [f"data.root={tmp_path}"] if data == "image_folder" else []  # root: ???
+    cfg = compose_data_option(tmp_path, data, required)
     dm = instantiate(cfg.data)
-    assert isinstance(dm, MNISTDataModule)
+    assert isinstance(dm, TensorImageDataModule)
     assert dm.dataset == data
 
 

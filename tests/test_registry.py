@@ -3,8 +3,9 @@
 import pytest
 from torchvision import datasets
 
-from helpers.images import folder_config
 from helpers.paths import CONF_DIR
+from helpers.runs import output_overrides
+from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import MNISTDataModule
 from vae_lightning.data.checksums import known_md5
 from vae_lightning.data.registry import (
@@ -18,19 +19,27 @@ from vae_lightning.errors import ConfigError
 
 
 def test_every_dataset_has_a_data_config_and_consistent_facts():
-    assert dataset_names() == ["mnist", "fashion_mnist", "image_folder", "celeba"]
+    assert dataset_names() == [
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "dsprites",
+        "image_folder",
+        "celeba",
+    ]
     for name, info in DATASETS.items():
         assert info.name == name
         assert (CONF_DIR / "data" / f"{name}.yaml").is_file()
-        if info.idx is not None:
-            assert len(info.class_names) == 10 and len(set(info.class_names)) == 10
+        if info.images is None:  # an image folder's classes are known once it is scanned
+            assert len(set(info.class_names)) == len(info.class_names) >= 3
         assert len(info.image_shape) == 3
-        assert (info.idx is None) != (info.images is None)  # one storage group each
+        groups = (info.idx, info.archive, info.images)
+        assert sum(group is not None for group in groups) <= 1  # one storage group at most
 
 
-def test_each_data_config_picks_its_dataset_with_its_image_shape(tmp_path):
-    for name, info in DATASETS.items():
-        data = folder_config(tmp_path, [f"data={name}"]).data  # no IDX-only overrides
+def test_each_data_config_picks_its_dataset_with_its_image_shape(compose_train, tmp_path):
+    for name, info in DATASETS.items():  # (compose_train: an initialised Hydra)
+        data = compose_as_launched("train", [f"data={name}", *output_overrides(tmp_path)]).data
         assert data.dataset == name
         assert tuple(data.image_shape) == info.image_shape
 
@@ -73,9 +82,23 @@ def test_class_names_follow_torchvisions_labels():
 
 def test_an_unknown_dataset_lists_the_known_ones():
     with pytest.raises(UnknownDatasetError) as info:
-        dataset_info("cifar10")
+        dataset_info("cifar100")
     message = str(info.value)
-    assert "data.dataset='cifar10'" in message and "mnist, fashion_mnist" in message
+    assert "data.dataset='cifar100'" in message and "mnist, fashion_mnist, cifar10" in message
     assert isinstance(info.value, ConfigError)
     with pytest.raises(ConfigError, match="choose one of mnist, fashion_mnist"):
+        MNISTDataModule(dataset="cifar100")
+
+
+def test_the_idx_module_refuses_a_dataset_in_another_format():
+    with pytest.raises(ValueError, match="pick its own data config .data=cifar10."):
         MNISTDataModule(dataset="cifar10")
+
+
+def test_archive_facts_match_torchvision():
+    """CIFAR-10's file and URL are those of torchvision's CIFAR10, which downloads it and
+    publishes the MD5s checked (data/cifar.py)."""
+    cifar = dataset_info("cifar10")
+    assert cifar.archive.file_name == datasets.CIFAR10.filename
+    assert cifar.archive.url == datasets.CIFAR10.url
+    assert getattr(datasets, cifar.archive.torchvision_class) is datasets.CIFAR10

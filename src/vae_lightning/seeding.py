@@ -4,7 +4,9 @@
   workers, through Lightning's ``seed_everything``: :func:`seed_everything`.
 - **Training streams**: ``seed_everything`` gives every DDP rank the same seed, hence the same
   binarization and reparameterisation noise on different images. Rank r draws from
-  ``seed + r`` instead (rank 0 = a single process): :func:`seed_training_stream`.
+  ``seed + r`` instead (rank 0 = a single process): :func:`seed_training_stream`. The dynamic
+  binarization and the random flips of ``data.hflip`` (data/augment.py) draw from it too,
+  on the training device, so resume replays them.
 - **Evaluation** draws its z samples on a forked RNG seeded with :data:`EVAL_SEED`, so val/test
   metrics depend on the weights only (a reloaded checkpoint reproduces them) and the training
   stream is left untouched: :func:`fork_for_evaluation`. Each evaluation batch is reseeded

@@ -52,6 +52,15 @@ def last_image(run_dir: Path, tag: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[..., 0]
 
 
+def last_rgb_image(run_dir: Path, tag: str) -> np.ndarray:
+    """The last image logged under ``tag`` as an (H, W, 3) uint8 array, as stored (colour
+    grids keep their three channels; grey ones are stored with three equal channels)."""
+    _, png = read_events(run_dir).images[tag]
+    image = Image.open(io.BytesIO(png))
+    assert image.mode == "RGB", f"{tag} is stored as {image.mode}, not RGB"
+    return np.asarray(image)
+
+
 # ------------------------------------------------- what was written, event by event
 def event_folder(log_dir: Path) -> Path:
     """The folder that holds the event files: ``log_dir`` itself, or its one TensorBoard run

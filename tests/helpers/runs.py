@@ -38,6 +38,13 @@ def compose_config(run_dir: Path, data_root: Path, overrides: list[str] = ()) ->
     return compose_as_launched("train", [*base, *overrides])
 
 
+def compose_data_option(run_dir: Path, data: str, overrides: list[str] = ()) -> DictConfig:
+    """conf/train.yaml with ``data=<data>`` as it ships (data.root under run_dir), for tests
+    that go through every data config: compose_config's IDX overrides (data.download=false)
+    fit the MNIST family only. Needs an initialised Hydra."""
+    return compose_as_launched("train", [f"data={data}", *output_overrides(run_dir), *overrides])
+
+
 @dataclass
 class TrainedRun:
     dir: Path

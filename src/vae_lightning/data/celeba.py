@@ -48,6 +48,7 @@ class CelebADataModule(DecodedImagesDataModule):
         split_seed: Seed = 42,
         transform: Any = None,
         image_shape: ImageShape = (3, 64, 64),
+        hflip: bool = False,
     ) -> None:
         super().__init__(
             dataset,
@@ -66,6 +67,7 @@ class CelebADataModule(DecodedImagesDataModule):
             split_seed=split_seed,
             transform=transform,
             image_shape=image_shape,
+            hflip=hflip,
         )
         self.storage = self.info.images or dataset_info("celeba").images
         self.data_root, self.download = Path(root), download

@@ -14,10 +14,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import PILToTensor
 
+from vae_lightning.data.augment import random_hflip
 from vae_lightning.data.checksums import verify_checksum
 from vae_lightning.data.idx import DataFileError, read_image_label_pair
 from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
-from vae_lightning.data.registry import IdxStorage, dataset_info
+from vae_lightning.data.registry import DatasetInfo, IdxStorage, dataset_info
 from vae_lightning.errors import ConfigError
 from vae_lightning.param_types import ImageShape, Seed
 
@@ -119,6 +120,8 @@ class TensorImageDataModule(L.LightningDataModule):
     Binarization: ``dynamic`` draws a fresh Bernoulli sample each time a training image is
     seen; validation and test images get one fixed, seeded draw (so figures are comparable
     across runs); ``static`` fixes the training draw too; ``none`` keeps grey levels in [0, 1].
+    With ``hflip`` each training image is mirrored left-right with probability 1/2, batch by
+    batch on the device, drawn from the training stream (see data/augment.py).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class TensorImageDataModule(L.LightningDataModule):
         split_seed: Seed = 42,
         transform: Any = None,
         image_shape: ImageShape = (1, 28, 28),
+        hflip: bool = False,
     ) -> None:
         super().__init__()
         self.info = dataset_info(dataset)
@@ -142,6 +146,7 @@ class TensorImageDataModule(L.LightningDataModule):
         self.seed, self.split_seed = seed, split_seed
         self.transform = transform if transform is not None else PILToTensor()
         self.image_shape = tuple(image_shape)
+        self.hflip = hflip
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.sources: dict[str, Path] = {}  # split -> the file or folder it was read from
 
@@ -239,9 +244,12 @@ class TensorImageDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Float conversion and dynamic binarization, on the whole batch, on its device."""
+        """Flips, float conversion and dynamic binarization, on the whole batch, on its
+        device."""
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
+        if training and self.hflip:
+            images = random_hflip(images)
         return prepare_images(images, fresh_draw=training and self.binarize == "dynamic"), labels
 
 
@@ -271,6 +279,7 @@ class MNISTDataModule(TensorImageDataModule):
         transform: Any = None,
         image_shape: ImageShape = (1, 28, 28),
         verify_checksums: bool = True,
+        hflip: bool = False,
     ) -> None:
         super().__init__(
             dataset,
@@ -283,18 +292,23 @@ class MNISTDataModule(TensorImageDataModule):
             split_seed=split_seed,
             transform=transform,
             image_shape=image_shape,
+            hflip=hflip,
         )
-        if self.info.idx is None:
-            raise ValueError(
-                f"data.dataset={dataset!r} is not stored as IDX files, which is all "
-                f"{type(self).__name__} reads; pick its own data config (data={dataset})."
-            )
-        self.storage = self.info.idx
+        self.storage = self.storage_of(self.info)
         self.root, self.download = Path(root), download
         self.search_dirs = [Path(p) for p in search_dirs or []]
         self.val_size = val_size
         self.verify_checksums = verify_checksums
         self._download_error: Exception | None = None
+
+    def storage_of(self, info: DatasetInfo) -> Any:
+        """The registry's storage group this module reads (subclasses read other formats)."""
+        if info.idx is None:
+            raise ValueError(
+                f"data.dataset={info.name!r} is not stored as IDX files, which is all "
+                f"{type(self).__name__} reads; pick its own data config (data={info.name})."
+            )
+        return info.idx
 
     # ----------------------------------------------------------------- files
     @property

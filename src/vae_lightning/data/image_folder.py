@@ -229,6 +229,7 @@ class ImageFolderDataModule(DecodedImagesDataModule):
         split_seed: Seed = 42,
         transform: Any = None,
         image_shape: ImageShape = (3, 64, 64),
+        hflip: bool = False,
     ) -> None:
         super().__init__(
             dataset,
@@ -247,6 +248,7 @@ class ImageFolderDataModule(DecodedImagesDataModule):
             split_seed=split_seed,
             transform=transform,
             image_shape=image_shape,
+            hflip=hflip,
         )
         if split == "random" and val_fraction + test_fraction >= 1:
             raise ConfigError(

@@ -3,8 +3,10 @@
 Everything else (the data module, checksum checks, legends, config validation) looks facts up
 here, so adding a dataset costs one entry. Facts that depend on how a dataset is stored sit in
 a group of their own: :class:`IdxStorage` for the MNIST family's IDX files,
-:class:`ImageFileStorage` for image files decoded into the uint8 cache; a dataset kept in
-another format (NumPy archives) adds its own group and leaves the others None.
+:class:`ArchiveStorage` for a dataset shipped as one archive file (CIFAR-10's python tarball,
+DeepMind's dSprites ``.npz``), :class:`ImageFileStorage` for image files decoded into the
+uint8 cache (image folders, CelebA); a dataset kept in another format adds its own group and
+leaves the others ``None``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ class IdxStorage:
 
 
 @dataclass(frozen=True)
+class ArchiveStorage:
+    """A dataset shipped as one archive file, fetched from ``url`` as ``file_name``.
+
+    ``torchvision_class`` names the ``torchvision.datasets`` class that downloads it and lists
+    its published MD5s (CIFAR10's ``tgz_md5``, and per extracted file ``train_list`` and
+    ``test_list``); ``None`` when torchvision does not know the dataset (then nothing is
+    downloaded and no checksum is published).
+    """
+
+    file_name: str
+    url: str
+    torchvision_class: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageFileStorage:
     """A dataset stored as image files, decoded once into the uint8 cache (data/decode_cache.py).
 
@@ -67,6 +84,7 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
     idx: IdxStorage | None = None
+    archive: ArchiveStorage | None = None
     images: ImageFileStorage | None = None
 
 
@@ -119,6 +137,41 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
                 ),
                 image_shape=(1, 28, 28),
                 idx=IdxStorage("FashionMNIST", MNIST_FORMAT_FILES, DEBIAN_FASHION_MNIST_MD5),
+            ),
+            DatasetInfo(
+                name="cifar10",
+                title="CIFAR-10",
+                class_names=(
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ),
+                image_shape=(3, 32, 32),
+                archive=ArchiveStorage(
+                    "cifar-10-python.tar.gz",
+                    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    torchvision_class="CIFAR10",
+                ),
+            ),
+            # Generated (data/dsprites.py); DeepMind's file is read instead when it is there.
+            # The label is the shape; every factor is in DSpritesDataModule.factors.
+            DatasetInfo(
+                name="dsprites",
+                title="dSprites",
+                class_names=("square", "ellipse", "heart"),
+                image_shape=(1, 64, 64),
+                archive=ArchiveStorage(
+                    "dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz",
+                    "https://github.com/google-deepmind/dsprites-dataset/raw/master/"
+                    "dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz",
+                ),
             ),
             # Classes are the folder's sub-folder names, known only once it is scanned.
             DatasetInfo(
