@@ -66,9 +66,8 @@ RUN = [
 
 
 def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The weights after the epoch. (epoch_000.ckpt: after an interrupt in the first epoch,
-    the resumed run writes last-v1.ckpt beside the interrupt's last.ckpt.)"""
-    checkpoint = torch.load(run_dir / "checkpoints" / "epoch_000.ckpt", weights_only=True)
+    """The weights after the run's one epoch."""
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 10
     return checkpoint["state_dict"]
 

@@ -83,9 +83,10 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, idx_root: Path) -> P
     ("signum", "during", "step"),
     [
         (signal.SIGINT, "train", 13),  # Ctrl-C in the middle of epoch 1
+        (signal.SIGINT, "train", 3),  # before the checkpoint callback saved anything
         (signal.SIGTERM, "validation", STEPS_PER_EPOCH),  # held back until validation ends
     ],
-    ids=["ctrl-c mid-epoch", "sigterm during validation"],
+    ids=["ctrl-c mid-epoch", "ctrl-c in the first epoch", "sigterm during validation"],
 )
 def test_interrupt_saves_and_resume_is_exact(
     compose_train, tmp_path, idx_root, uninterrupted, caplog, signum, during, step
@@ -103,7 +104,8 @@ def test_interrupt_saves_and_resume_is_exact(
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     train(compose_config(tmp_path, idx_root, [*SMALL_RUN, f"ckpt_path={last}"]))
-    assert_same_run(tmp_path, uninterrupted)
+    assert_same_run(tmp_path, uninterrupted)  # last.ckpt is the end: no stale last.ckpt and
+    assert not list(tmp_path.glob("checkpoints/*-v1.ckpt"))  # no last-v1.ckpt beside it
 
 
 def test_requeue_signal_saves_and_a_slurm_restart_resumes_by_itself(

@@ -17,7 +17,7 @@ from vae_lightning.callbacks.base import VisualCallback, decode, encode
 class ReconstructionsAndSamples(VisualCallback):
     """Logs ``val/reconstructions`` (inputs above reconstructions) and ``val/samples``.
 
-    The same validation images and the same prior draws z ~ N(0, I) are used every epoch,
+    The same validation images and the same prior draws z ~ p(z) are used every epoch,
     so the grids show progress rather than sampling noise. Reconstructions decode the
     posterior mean.
     """
