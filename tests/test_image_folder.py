@@ -373,6 +373,13 @@ def test_a_training_run_through_the_image_folder(folder, tmp_path):
     )
     assert np.isfinite(run.metrics["val/elbo"]) and np.isfinite(run.metrics["test/elbo"])
     assert run.cfg.data._target_ == "vae_lightning.data.ImageFolderDataModule"
+    # The projector's legend names the folder's classes (the registry cannot know them).
+    (metadata,) = run.dir.rglob("metadata.tsv")
+    assert {line.split("\t")[1] for line in metadata.read_text().splitlines()[1:]} <= {
+        "cat",
+        "dog",
+        "fox",
+    }
     # vae-eval rebuilds the run's data module from its recorded config: the same test numbers.
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         report = evaluate(
