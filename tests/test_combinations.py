@@ -39,7 +39,9 @@ def expected_refusal(model: str, prior: str, posterior: str, objective: str) -> 
         return REFUSED["hvae", "posterior"]
     if model == "cvae" and prior == "vamp":
         return REFUSED["cvae", "vamp"]
-    if objective == "beta_tc" and (model == "hvae" or prior != "standard" or posterior != "gaussian"):
+    if objective == "beta_tc" and (
+        model == "hvae" or prior != "standard" or posterior != "gaussian"
+    ):
         return REFUSED["beta_tc", "closed_form"]
     return None
 

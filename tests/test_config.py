@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from helpers.paths import CONF_DIR
 from helpers.runs import compose_data_option
 from vae_lightning.config_checks import ConfigError, check_config
-from vae_lightning.data import MNISTDataModule
+from vae_lightning.data import TensorImageDataModule
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.train import instantiate_named
 
@@ -19,7 +19,14 @@ def options(group: str) -> list[str]:
 
 def test_groups_hold_the_documented_options():
     assert options("model") == ["conv", "cvae", "hvae", "mlp", "resnet"]
-    assert options("data") == ["cifar10", "dsprites", "fashion_mnist", "mnist"]
+    assert options("data") == [
+        "celeba",
+        "cifar10",
+        "dsprites",
+        "fashion_mnist",
+        "image_folder",
+        "mnist",
+    ]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
     assert options("debug") == ["fast"]
@@ -83,9 +90,10 @@ def test_model_and_optimizer_instantiate(compose_train, model, optimizer):
 
 @pytest.mark.parametrize("data", options("data"))
 def test_data_options_instantiate(compose_train, tmp_path, data):
-    cfg = compose_data_option(tmp_path, data)
+    required = [f"data.root={tmp_path}"] if data == "image_folder" else []  # root: ???
+    cfg = compose_data_option(tmp_path, data, required)
     dm = instantiate(cfg.data)
-    assert isinstance(dm, MNISTDataModule)
+    assert isinstance(dm, TensorImageDataModule)
     assert dm.dataset == data
 
 

@@ -19,13 +19,22 @@ from vae_lightning.errors import ConfigError
 
 
 def test_every_dataset_has_a_data_config_and_consistent_facts():
-    assert dataset_names() == ["mnist", "fashion_mnist", "cifar10", "dsprites"]
+    assert dataset_names() == [
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "dsprites",
+        "image_folder",
+        "celeba",
+    ]
     for name, info in DATASETS.items():
         assert info.name == name
         assert (CONF_DIR / "data" / f"{name}.yaml").is_file()
-        assert len(set(info.class_names)) == len(info.class_names) >= 3
+        if info.images is None:  # an image folder's classes are known once it is scanned
+            assert len(set(info.class_names)) == len(info.class_names) >= 3
         assert len(info.image_shape) == 3
-        assert info.idx is None or info.archive is None  # one storage group at most
+        groups = (info.idx, info.archive, info.images)
+        assert sum(group is not None for group in groups) <= 1  # one storage group at most
 
 
 def test_each_data_config_picks_its_dataset_with_its_image_shape(compose_train, tmp_path):
@@ -48,6 +57,20 @@ def test_idx_facts_match_torchvision():
         accepted = known_md5()[info.name]
         for name, md5 in info.idx.extra_md5.items():
             assert md5 in accepted[name] and len(accepted[name]) == 2
+
+
+def test_image_file_facts_match_torchvision():
+    """CelebA's folder and partition file are where torchvision's CelebA keeps them."""
+    for info in DATASETS.values():
+        if info.images is None or info.images.torchvision_class is None:
+            continue
+        torchvision_class = getattr(datasets, info.images.torchvision_class)
+        downloaded = {name for _, _, name in torchvision_class.file_list}
+        folder = torchvision_class.base_folder
+        assert info.images.image_folder == f"{folder}/img_align_celeba"
+        assert f"{info.images.image_folder.split('/')[-1]}.zip" in downloaded
+        assert info.images.partition_file == f"{folder}/list_eval_partition.txt"
+        assert info.images.partition_file.split("/")[-1] in downloaded
 
 
 def test_class_names_follow_torchvisions_labels():

@@ -249,12 +249,16 @@ def build_checked_model(
     on 32x32 images) raises a ConfigError naming the model and both shapes. The test forward
     pass draws z from a forked RNG, so the seeded training stream is the same with or without.
     """
+    # Resolved: a data config may build its shape from other keys (data=image_folder).
     shape = OmegaConf.select(cfg, "data.image_shape", default=None)
-    shape = OmegaConf.to_container(shape) if isinstance(shape, ListConfig) else shape
+    shape = OmegaConf.to_container(shape, resolve=True) if isinstance(shape, ListConfig) else shape
     model_name = _choice("model", f"model._target_={cfg.model.get('_target_')}")
     fix = "Pick a model that fits the data (model=mlp takes any image shape)."
     net_shape = OmegaConf.select(cfg, "model.net.image_shape", default=None)
-    net_shape = OmegaConf.to_container(net_shape) if isinstance(net_shape, ListConfig) else None
+    if isinstance(net_shape, ListConfig):
+        net_shape = OmegaConf.to_container(net_shape, resolve=True)
+    else:
+        net_shape = None
     if shape is not None and net_shape is not None and list(net_shape) != list(shape):
         problem = (
             f"is built for images of model.net.image_shape={net_shape}, but the data's are "

@@ -390,6 +390,22 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
     (console or Console()).print(table)
 
 
+# The data options eval.json records: what picks the images, for each kind of data module.
+RECORDED_DATA_KEYS = (
+    "dataset",
+    "root",
+    "binarize",
+    "split_seed",
+    "val_size",
+    "split",
+    "val_fraction",
+    "test_fraction",
+    "image_size",
+    "channels",
+    "crop",
+)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` as configured; write and return the results."""
     if not cfg.get("ckpt_path"):
@@ -430,9 +446,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 **{key: settings[key] for key in SAMPLE_QUALITY_KEYS if key in settings},
             )
         )
-    results["data"] = {
-        key: data[key] for key in ("dataset", "root", "binarize", "split_seed", "val_size")
-    }
+    results["data"] = {key: data[key] for key in RECORDED_DATA_KEYS if key in data}
     results["data"]["files"] = {split: str(path) for split, path in datamodule.sources.items()}
     out = RunLayout(cfg.paths.output_dir).eval_results
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -41,7 +41,11 @@ class LatentSpace(VisualCallback):
         step = trainer.global_step
         mu = encode(pl_module, self.images, self.labels)[0].cpu()  # q(z|x, y) if conditional
         labels = self.labels.cpu()
-        names = class_names(getattr(trainer.datamodule, "dataset", None))
+        # A data module that learns its classes from the data (an image folder's sub-folder
+        # names) says so in ``class_names``; otherwise the registry knows them.
+        names = getattr(trainer.datamodule, "class_names", None) or class_names(
+            getattr(trainer.datamodule, "dataset", None)
+        )
         if self.projector:
             metadata = [
                 [str(label), names[label] if label < len(names) else str(label)]

@@ -105,8 +105,13 @@ class ImageDataset(Dataset):
         return image, int(self.labels[index])
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """MNIST-family images as uint8 tensors, binarized on the device batch by batch.
+class TensorImageDataModule(L.LightningDataModule):
+    """Images as uint8 (N, C, H, W) tensors, binarized on the device batch by batch.
+
+    A subclass says where the images come from: :meth:`read_splits` returns the train, val
+    and test splits as uint8 images and int64 labels (and records in ``sources`` the file or
+    folder each was read from); :meth:`prepare_data` may download. Everything after that is
+    shared: device placement, binarization, loaders.
 
     With ``loader="tensor"`` (default) ``splits`` live on the training GPU when there is one
     (see :func:`storage_device`), so training copies nothing from the host per batch;
@@ -115,11 +120,157 @@ class MNISTDataModule(L.LightningDataModule):
     Binarization: ``dynamic`` draws a fresh Bernoulli sample each time a training image is
     seen; validation and test images get one fixed, seeded draw (so figures are comparable
     across runs); ``static`` fixes the training draw too; ``none`` keeps grey levels in [0, 1].
+    With ``hflip`` each training image is mirrored left-right with probability 1/2, batch by
+    batch on the device, drawn from the training stream (see data/augment.py).
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 1000,
+        binarize: Binarize = "dynamic",
+        loader: Literal["tensor", "torch"] = "tensor",
+        num_workers: NonNegativeInt = 0,
+        seed: Seed = 0,
+        split_seed: Seed = 42,
+        transform: Any = None,
+        image_shape: ImageShape = (1, 28, 28),
+        hflip: bool = False,
+        num_classes: NonNegativeInt | None = None,
+    ) -> None:
+        super().__init__()
+        self.info = dataset_info(dataset)
+        # How many classes the labels take, for conditional models (model=cvae); 0 or None
+        # declares the data unlabelled. A dataset whose classes the registry knows: their
+        # count or nothing.
+        known = len(self.info.class_names)
+        if known and num_classes not in (None, 0, known):
+            raise ValueError(
+                f"data.num_classes={num_classes} but {self.info.title} has {known} classes; "
+                f"set data.num_classes={known}."
+            )
+        self.num_classes = num_classes or 0
+        self.dataset = dataset
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.binarize, self.loader, self.num_workers = binarize, loader, num_workers
+        self.seed, self.split_seed = seed, split_seed
+        self.transform = transform if transform is not None else PILToTensor()
+        self.image_shape = tuple(image_shape)
+        self.hflip = hflip
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.sources: dict[str, Path] = {}  # split -> the file or folder it was read from
+
+    def read_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The train/val/test splits as uint8 (N, C, H, W) images and int64 labels, before
+        any binarization, in host memory (or memory-mapped)."""
+        raise NotImplementedError
+
+    @property
+    def training_device(self) -> torch.device:
+        """The device the attached trainer trains on (this process's device under DDP)."""
+        return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.load_splits()
+        # Lightning calls setup after choosing the device, once per fit/validate/test: move
+        # (a no-op when already there), so a data module reused by another trainer follows it.
+        device = storage_device(self.training_device, self.loader)
+        self.splits = {
+            name: (images.to(device), labels.to(device))
+            for name, (images, labels) in self.splits.items()
+        }
+
+    def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The splits of :meth:`read_splits` with the fixed, seeded binarizations applied."""
+        splits = self.read_splits()
+        # Fixed, seeded binarization for evaluation (and for training when static).
+        fixed = ("train", "val", "test") if self.binarize == "static" else ("val", "test")
+        if self.binarize != "none":
+            for name in fixed:
+                split_images, split_labels = splits[name]
+                seed = binarization_seed(name, self.split_seed)
+                splits[name] = (binarize_with_seed(split_images, seed), split_labels)
+        return splits
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool) -> Any:
+        images, labels = self.splits[split]
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
+        if self.loader == "torch":
+            # Lightning wraps this in a DistributedSampler under DDP.
+            dataset = ImageDataset(images, labels, self.transform)
+            return DataLoader(
+                dataset,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                pin_memory=self.training_device.type == "cuda",  # asynchronous copies
+            )
+        if not shuffle:
+            batch_size = self._eval_batch_size(split, len(images), world)
+        sampler = ShardedPermutation(
+            len(images),
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+            pad=shuffle,
+            # Evaluation: whole batches per rank, see ShardedPermutation and
+            # VAELitModule.seed_eval_batch.
+            block=1 if shuffle else batch_size,
+        )
+        return TensorBatchLoader(images, labels, batch_size, sampler)
+
+    def _eval_batch_size(self, split: str, size: int, world: int) -> int:
+        """eval_batch_size, made smaller when there are fewer batches than DDP ranks.
+
+        Each rank evaluates whole batches and Lightning needs at least one per rank.
+        """
+        fitting = max(1, size // world)
+        if self.eval_batch_size <= fitting:
+            return self.eval_batch_size
+        if world > 1:
+            rank_zero_warn(
+                f"The {split} split ({size} images) has fewer batches of "
+                f"data.eval_batch_size={self.eval_batch_size} than the {world} DDP processes, "
+                f"so it is evaluated in batches of {fitting}. Its metrics equal those of a "
+                f"single-process run with data.eval_batch_size={fitting}; set that here too "
+                "to keep them comparable across device counts."
+            )
+        return fitting
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Flips, float conversion and dynamic binarization, on the whole batch, on its
+        device."""
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        if training and self.hflip:
+            images = random_hflip(images)
+        return prepare_images(images, fresh_draw=training and self.binarize == "dynamic"), labels
+
+
+class MNISTDataModule(TensorImageDataModule):
+    """MNIST-family images from IDX files (local, or downloaded with torchvision).
+
     The validation split is carved out of the official training split with ``split_seed``;
     the test split is the official one and never touches training. With ``verify_checksums``
     the ``.gz`` files are checked against their published MD5s (see data/checksums.py).
-    With ``hflip`` each training image is mirrored left-right with probability 1/2, batch by
-    batch on the device, drawn from the training stream (see data/augment.py).
+    Loading, binarization and loaders: :class:`TensorImageDataModule`.
     """
 
     def __init__(
@@ -142,32 +293,25 @@ class MNISTDataModule(L.LightningDataModule):
         hflip: bool = False,
         num_classes: NonNegativeInt | None = None,
     ) -> None:
-        super().__init__()
-        info = dataset_info(dataset)
-        # How many classes the labels take, for conditional models (model=cvae); 0 or None
-        # declares the data unlabelled. A labelled dataset: its count or nothing.
-        if num_classes not in (None, 0, len(info.class_names)):
-            raise ValueError(
-                f"data.num_classes={num_classes} but {info.title} has "
-                f"{len(info.class_names)} classes; set data.num_classes="
-                f"{len(info.class_names)}."
-            )
-        self.num_classes = num_classes or 0
-        self.info, self.storage = info, self.storage_of(info)
-        self.dataset, self.root, self.download = dataset, Path(root), download
-        self.search_dirs = [Path(p) for p in search_dirs or []]
-        self.val_size, self.batch_size, self.eval_batch_size = (
-            val_size,
-            batch_size,
-            eval_batch_size,
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            binarize=binarize,
+            loader=loader,
+            num_workers=num_workers,
+            seed=seed,
+            split_seed=split_seed,
+            transform=transform,
+            image_shape=image_shape,
+            hflip=hflip,
+            num_classes=num_classes,
         )
-        self.binarize, self.loader, self.num_workers = binarize, loader, num_workers
-        self.seed, self.split_seed = seed, split_seed
-        self.transform = transform if transform is not None else PILToTensor()
-        self.image_shape = tuple(image_shape)
-        self.verify_checksums, self.hflip = verify_checksums, hflip
-        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
-        self.sources: dict[str, Path] = {}  # split -> the image file it was read from
+        self.storage = self.storage_of(self.info)
+        self.root, self.download = Path(root), download
+        self.search_dirs = [Path(p) for p in search_dirs or []]
+        self.val_size = val_size
+        self.verify_checksums = verify_checksums
         self._download_error: Exception | None = None
 
     def storage_of(self, info: DatasetInfo) -> Any:
@@ -251,24 +395,8 @@ class MNISTDataModule(L.LightningDataModule):
     def search_dir_folders(self) -> set[Path]:
         return set(candidate_dirs(self.search_dirs, self.storage))
 
-    @property
-    def training_device(self) -> torch.device:
-        """The device the attached trainer trains on (this process's device under DDP)."""
-        return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-
-    def setup(self, stage: str | None = None) -> None:
-        if not self.splits:
-            self.splits = self.load_splits()
-        # Lightning calls setup after choosing the device, once per fit/validate/test: move
-        # (a no-op when already there), so a data module reused by another trainer follows it.
-        device = storage_device(self.training_device, self.loader)
-        self.splits = {
-            name: (images.to(device), labels.to(device))
-            for name, (images, labels) in self.splits.items()
-        }
-
-    def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """The train/val/test splits as uint8 images and int64 labels, in host memory."""
+    def read_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The official train split less a seeded validation split, and the test split."""
         images, labels = self.load_split("train")
         if not 0 < self.val_size < len(images):
             raise ConfigError(
@@ -281,85 +409,8 @@ class MNISTDataModule(L.LightningDataModule):
         )
         val_idx, train_idx = order[: self.val_size], order[self.val_size :]
         test_images, test_labels = self.load_split("test")
-        splits = {
+        return {
             "train": (images[train_idx], labels[train_idx]),
             "val": (images[val_idx], labels[val_idx]),
             "test": (test_images, test_labels),
         }
-        # Fixed, seeded binarization for evaluation (and for training when static).
-        fixed = ("train", "val", "test") if self.binarize == "static" else ("val", "test")
-        if self.binarize != "none":
-            for name in fixed:
-                split_images, split_labels = splits[name]
-                seed = binarization_seed(name, self.split_seed)
-                splits[name] = (binarize_with_seed(split_images, seed), split_labels)
-        return splits
-
-    # ---------------------------------------------------------------- loaders
-    def _loader(self, split: str, shuffle: bool) -> Any:
-        images, labels = self.splits[split]
-        batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        rank, world = (
-            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        )
-        if self.loader == "torch":
-            # Lightning wraps this in a DistributedSampler under DDP.
-            dataset = ImageDataset(images, labels, self.transform)
-            return DataLoader(
-                dataset,
-                batch_size=batch_size,
-                shuffle=shuffle,
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-                pin_memory=self.training_device.type == "cuda",  # asynchronous copies
-            )
-        if not shuffle:
-            batch_size = self._eval_batch_size(split, len(images), world)
-        sampler = ShardedPermutation(
-            len(images),
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=world,
-            rank=rank,
-            pad=shuffle,
-            # Evaluation: whole batches per rank, see ShardedPermutation and
-            # VAELitModule.seed_eval_batch.
-            block=1 if shuffle else batch_size,
-        )
-        return TensorBatchLoader(images, labels, batch_size, sampler)
-
-    def _eval_batch_size(self, split: str, size: int, world: int) -> int:
-        """eval_batch_size, made smaller when there are fewer batches than DDP ranks.
-
-        Each rank evaluates whole batches and Lightning needs at least one per rank.
-        """
-        fitting = max(1, size // world)
-        if self.eval_batch_size <= fitting:
-            return self.eval_batch_size
-        if world > 1:
-            rank_zero_warn(
-                f"The {split} split ({size} images) has fewer batches of "
-                f"data.eval_batch_size={self.eval_batch_size} than the {world} DDP processes, "
-                f"so it is evaluated in batches of {fitting}. Its metrics equal those of a "
-                f"single-process run with data.eval_batch_size={fitting}; set that here too "
-                "to keep them comparable across device counts."
-            )
-        return fitting
-
-    def train_dataloader(self) -> Any:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> Any:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> Any:
-        return self._loader("test", shuffle=False)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Flips, float conversion and dynamic binarization, on the whole batch, on its
-        device."""
-        images, labels = batch
-        training = self.trainer is not None and self.trainer.training
-        if training and self.hflip:
-            images = random_hflip(images)
-        return prepare_images(images, fresh_draw=training and self.binarize == "dynamic"), labels

@@ -4,8 +4,9 @@ Everything else (the data module, checksum checks, legends, config validation) l
 here, so adding a dataset costs one entry. Facts that depend on how a dataset is stored sit in
 a group of their own: :class:`IdxStorage` for the MNIST family's IDX files,
 :class:`ArchiveStorage` for a dataset shipped as one archive file (CIFAR-10's python tarball,
-DeepMind's dSprites ``.npz``); a dataset kept in another format adds its own group and leaves
-the others ``None``.
+DeepMind's dSprites ``.npz``), :class:`ImageFileStorage` for image files decoded into the
+uint8 cache (image folders, CelebA); a dataset kept in another format adds its own group and
+leaves the others ``None``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ class ArchiveStorage:
 
 
 @dataclass(frozen=True)
+class ImageFileStorage:
+    """A dataset stored as image files, decoded once into the uint8 cache (data/decode_cache.py).
+
+    ``image_folder`` and ``partition_file`` are where torchvision's ``torchvision_class``
+    keeps the images and the list of official splits, relative to the data root (None: any
+    folder, split by the data module); ``crop`` is the side of the centre square cut out
+    before resizing, as the literature does for this dataset (None: no crop).
+    """
+
+    image_folder: str | None = None
+    partition_file: str | None = None
+    crop: int | None = None
+    torchvision_class: str | None = None
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """One dataset: its name in configs (``data.dataset``), the title people know it by, its
     class names by label, the shape of one image (channels, height, width) and its storage."""
@@ -68,6 +85,7 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     idx: IdxStorage | None = None
     archive: ArchiveStorage | None = None
+    images: ImageFileStorage | None = None
 
 
 # Both MNIST and Fashion-MNIST use these file names (which is why checksums.py can tell a
@@ -153,6 +171,27 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
                     "dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz",
                     "https://github.com/google-deepmind/dsprites-dataset/raw/master/"
                     "dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz",
+                ),
+            ),
+            # Classes are the folder's sub-folder names, known only once it is scanned.
+            DatasetInfo(
+                name="image_folder",
+                title="Image folder",
+                class_names=(),
+                image_shape=(3, 64, 64),
+                images=ImageFileStorage(),
+            ),
+            # Aligned CelebA, centre crop 148 then 64x64 (beta-VAE papers, AntixK PyTorch-VAE).
+            DatasetInfo(
+                name="celeba",
+                title="CelebA",
+                class_names=("face",),
+                image_shape=(3, 64, 64),
+                images=ImageFileStorage(
+                    image_folder="celeba/img_align_celeba",
+                    partition_file="celeba/list_eval_partition.txt",
+                    crop=148,
+                    torchvision_class="CelebA",
                 ),
             ),
         )
