@@ -230,11 +230,13 @@ class ImageFolderDataModule(DecodedImagesDataModule):
         transform: Any = None,
         image_shape: ImageShape = (3, 64, 64),
         hflip: bool = False,
+        num_classes: NonNegativeInt | None = None,
     ) -> None:
         super().__init__(
             dataset,
             root,
             DecodeSettings(image_size, channels, resize, crop),
+            num_classes=num_classes,
             on_bad_image=on_bad_image,
             cache_dir=cache_dir,
             max_memory_gb=max_memory_gb,
