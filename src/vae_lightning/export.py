@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -53,14 +55,17 @@ class ExportedEncoder(nn.Module):
 
 
 class ExportedDecoder(nn.Module):
-    """codes (, labels) -> the mean image E[x|z] under the model's likelihood."""
+    """codes (, labels) -> the mean image E[x|z] under the model's likelihood: what
+    :meth:`VAELitModule.decode_mean` computes, from its parts, because tracing the Lightning
+    module itself reads its ``trainer`` property, which raises outside a Trainer."""
 
     def __init__(self, pl_module: VAELitModule) -> None:
         super().__init__()
-        self.pl_module = pl_module
+        self.net = pl_module.net
+        self.likelihood = pl_module.likelihood
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.pl_module.decode_mean(z, labels)
+        return self.likelihood.mean(self.net.decode_code(z, labels))
 
 
 def example_inputs(pl_module: VAELitModule, batch: int, seed: int) -> dict[str, tuple]:
@@ -97,9 +102,13 @@ def max_abs_difference(got: tuple, expected: tuple[Tensor, ...]) -> float:
 
 def export_torchscript(module: nn.Module, inputs: tuple, path: Path) -> Callable[..., tuple]:
     """Trace ``module`` to ``path``; return the loaded file as a function of the inputs."""
-    traced = torch.jit.trace(module, inputs, check_trace=False)
-    torch.jit.save(traced, str(path))
-    loaded = torch.jit.load(str(path))
+    # torch 2.14 deprecates TorchScript in favour of torch.export, but a TorchScript file is
+    # still what libtorch (C++) and older runtimes load; the warnings would only worry users.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.jit.* is deprecated", FutureWarning)
+        traced = torch.jit.trace(module, inputs, check_trace=False)
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path))
     return lambda *args: as_tuple(loaded(*args))
 
 
@@ -109,6 +118,9 @@ def export_onnx(
     """Export ``module`` to ``path`` with a dynamic batch; return an onnxruntime function of
     the inputs, or None when onnxruntime is not installed (the file is then not checked)."""
     batch = torch.export.Dim("batch")
+    # Hydra sets the root logger to INFO; the exporter's optimisation passes log every step.
+    for name in ("onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     torch.onnx.export(
         module,
         inputs,
@@ -203,7 +215,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     for name, check in checks.items():
         if "max_abs_difference" in check:
             verdict = "ok" if check["passed"] else f"FAILED (atol {ATOL:g})"
-            print(f"{folder / name}: max abs difference {check['max_abs_difference']:.3g} {verdict}")
+            print(
+                f"{folder / name}: max abs difference {check['max_abs_difference']:.3g} {verdict}"
+            )
         else:
             print(f"{folder / name}: {check['checked']}")
     failed = [name for name, check in checks.items() if check.get("passed") is False]

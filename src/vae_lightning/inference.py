@@ -58,8 +58,10 @@ def writable_dir(folder: str | Path, key: str = "out_dir") -> Path:
 
 def output_dir(cfg: DictConfig) -> Path:
     """Where a tool writes: ``out_dir`` when given, else its Hydra run dir."""
-    return writable_dir(cfg.out_dir) if cfg.get("out_dir") else writable_dir(
-        cfg.paths.output_dir, "hydra.run.dir"
+    return (
+        writable_dir(cfg.out_dir)
+        if cfg.get("out_dir")
+        else writable_dir(cfg.paths.output_dir, "hydra.run.dir")
     )
 
 
