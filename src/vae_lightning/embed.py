@@ -65,7 +65,9 @@ def posterior_means(
     dtype = next(pl_module.parameters()).dtype
     conditional = pl_module.net.conditional
     mus, logvars = [], []
-    for chunk, chunk_labels in zip(images.split(batch_size), labels.split(batch_size)):
+    for chunk, chunk_labels in zip(
+        images.split(batch_size), labels.split(batch_size), strict=True
+    ):
         inputs = prepare_images(chunk, fresh_draw=False).to(pl_module.device, dtype)
         mu, logvar = pl_module.net.encode_code(inputs, chunk_labels if conditional else None)
         mus.append(mu.float().cpu())

@@ -96,7 +96,8 @@ def as_tuple(outputs: Any) -> tuple[Tensor, ...]:
 
 def max_abs_difference(got: tuple, expected: tuple[Tensor, ...]) -> float:
     return max(
-        float((torch.as_tensor(a).float() - b.float()).abs().max()) for a, b in zip(got, expected)
+        float((torch.as_tensor(a).float() - b.float()).abs().max())
+        for a, b in zip(got, expected, strict=True)
     )
 
 
@@ -138,7 +139,7 @@ def export_onnx(
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda *args: tuple(
-        session.run(outputs, {name: arg.numpy() for name, arg in zip(names, args)})
+        session.run(outputs, {name: arg.numpy() for name, arg in zip(names, args, strict=True)})
     )
 
 
@@ -223,7 +224,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     failed = [name for name, check in checks.items() if check.get("passed") is False]
     if failed:
         raise RuntimeError(
-            f"{', '.join(failed)} differ from the model by more than {ATOL:g} ({folder / CHECK_FILE})"
+            f"{', '.join(failed)} differ from the model by more than {ATOL:g}: "
+            f"see {folder / CHECK_FILE}"
         )
     return report
 
