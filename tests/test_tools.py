@@ -189,7 +189,11 @@ def test_each_tool_says_what_is_wrong_with_its_checkpoint(tool, run_tool, tmp_pa
     ("tool", "overrides", "message"),
     [
         ("sample", ["num_samples=0"], "num_samples=0 is invalid: it should be greater than 0"),
-        ("sample", ["temperature=-1"], "temperature=-1.0 is invalid"),
+        (
+            "sample",
+            ["temperature=-1"],
+            "temperature=-1 is invalid: it should be greater than or equal to 0",
+        ),
         ("embed", ["split=training"], "split='training' is invalid: it should be 'train'"),
         ("export", ["formats=[pdf]"], "formats=['pdf'] is invalid"),
     ],

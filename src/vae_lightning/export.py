@@ -122,17 +122,20 @@ def export_onnx(
     # Hydra sets the root logger to INFO; the exporter's optimisation passes log every step.
     for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    torch.onnx.export(
-        module,
-        inputs,
-        str(path),
-        input_names=names,
-        output_names=outputs,
-        dynamic_shapes=tuple({0: batch} for _ in inputs),
-        dynamo=True,
-        external_data=False,  # one self-contained file
-        verbose=False,
-    )
+    with warnings.catch_warnings():
+        # Encoder and decoder inputs share the batch axis; the exporter says it keeps one name.
+        warnings.filterwarnings("ignore", r"The axis name: batch will not be used", UserWarning)
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=tuple({0: batch} for _ in inputs),
+            dynamo=True,
+            external_data=False,  # one self-contained file
+            verbose=False,
+        )
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     import onnxruntime
