@@ -124,7 +124,7 @@ def export_onnx(
         logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         # Encoder and decoder inputs share the batch axis; the exporter says it keeps one name.
-        warnings.filterwarnings("ignore", r"The axis name: batch will not be used", UserWarning)
+        warnings.filterwarnings("ignore", r"# The axis name: batch will not be used", UserWarning)
         torch.onnx.export(
             module,
             inputs,
