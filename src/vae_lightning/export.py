@@ -208,7 +208,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if "onnx" in formats and (missing := missing_onnx_packages()):
         raise ToolError(
             f"ONNX export needs the {' and '.join(missing)} package(s), which are not "
-            "installed: pip install -e '.[export]' in the project (onnx, onnxscript, onnxruntime), "
+            "installed: pip install -e '.[export]' in the project (onnx, onnxscript and "
+            "onnxruntime), "
             "or export TorchScript only with formats=[torchscript]."
         )
     folder = output_dir(cfg)
