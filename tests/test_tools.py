@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import importlib.util
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import Tensor, nn
 
-from helpers.paths import CONF_DIR
+from helpers.paths import CONF_DIR, PROJECT_ROOT
 from helpers.runs import output, run_module
 from vae_lightning import export as export_module
 from vae_lightning.configs import compose_as_launched
@@ -52,6 +53,14 @@ def grid_pixels(count: int, size: int = 28, padding: int = 2) -> int:
 
 
 # ------------------------------------------------------------------ the console scripts
+@pytest.mark.parametrize("script", ["vae-sample", "vae-embed", "vae-export"])
+def test_each_tool_is_a_console_script(script):
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts[script].split(":")
+    assert callable(getattr(importlib.import_module(module), function))
+
+
 def test_vae_sample_writes_the_grid_and_the_decoded_prior_codes(ckpt, tmp_path):
     out = tmp_path / "samples"
     result = run_module(
