@@ -78,6 +78,11 @@ CONFIG_FAULTS = {
         "objective: cycle_steps=10 restarts the KL warm-up every 10 steps, so it needs "
         "0 < kl_warmup_steps <= cycle_steps",
     ),
+    "beta_tc on a hierarchy": (
+        ["objective=beta_tc", "model=hvae"],
+        "objective=beta_tc, model=hvae, prior=standard, posterior=gaussian do not combine: "
+        "objective=beta_tc estimates the aggregate posterior",
+    ),
     "two at once": (
         ["model.latent_dim=-3", "optimizer.lr=-1e-3"],
         "model.latent_dim=-3 is invalid",  # and the next line names optimizer.lr

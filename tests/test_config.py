@@ -18,20 +18,30 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_hold_the_documented_options():
-    assert options("model") == ["conv", "hvae", "mlp", "resnet"]
+    assert options("model") == ["conv", "cvae", "hvae", "mlp", "resnet"]
     assert options("data") == ["cifar10", "dsprites", "fashion_mnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert {"cpu", "ddp", "default", "gpu"} <= set(options("trainer"))
     assert options("debug") == ["fast"]
-    assert options("likelihood") == ["bernoulli", "continuous_bernoulli", "gaussian"]
-    assert options("objective") == ["elbo", "iwae"]
-    assert options("prior") == ["standard"]
-    assert options("posterior") == ["gaussian"]
+    assert options("prior") == ["mog", "standard", "vamp"]
+    assert options("posterior") == ["gaussian", "iaf", "planar"]
+    assert options("likelihood") == [
+        "bernoulli",
+        "continuous_bernoulli",
+        "discretized_logistic",
+        "gaussian",
+    ]
+    assert options("objective") == ["beta_tc", "capacity", "elbo", "iwae"]
 
 
 @pytest.mark.parametrize(
     ("likelihood", "binarize"),
-    [("bernoulli", "dynamic"), ("continuous_bernoulli", "none"), ("gaussian", "none")],
+    [
+        ("bernoulli", "dynamic"),
+        ("continuous_bernoulli", "none"),
+        ("discretized_logistic", "none"),
+        ("gaussian", "none"),
+    ],
 )
 @pytest.mark.parametrize("objective", options("objective"))
 def test_likelihood_and_objective_instantiate(compose_train, likelihood, binarize, objective):
@@ -43,7 +53,8 @@ def test_likelihood_and_objective_instantiate(compose_train, likelihood, binariz
     assert type(module.hparams["likelihood"]) is dict and type(module.hparams["objective"]) is dict
     x = torch.rand(2, 1, 28, 28)
     terms = module.objective(module.net, module.likelihood, x, kl_weight=1.0)
-    assert torch.isfinite(torch.stack(list(terms))).all()
+    assert torch.isfinite(torch.stack(list(terms.by_name().values()))).all()
+    assert set(terms.extras) == set(module.objective.extra_terms)
     assert module.decode_mean(torch.zeros(3, 20)).shape == (3, 1, 28, 28)
 
 
@@ -135,6 +146,12 @@ def test_misspelt_key_is_rejected(compose_train):
     [
         (["objective=iwae", "objective.k=0"], r"objective.k=0 is invalid"),
         (["objective.free_bits=-1"], r"objective.free_bits=-1 is invalid"),
+        (["objective=beta_tc", "objective.beta=-6"], r"objective.beta=-6 is invalid"),
+        (
+            ["objective=beta_tc", "objective.estimator=mss"],
+            r"'mss' is invalid: it should be 'mws' or 'stratified'",
+        ),
+        (["objective=capacity", "objective.capacity_steps=-1"], r"capacity_steps=-1 is invalid"),
         (["test_iwae_k=-5"], r"test_iwae_k=-5 is invalid"),
         (["likelihood=gaussian", "likelihood.variance=per_image"], r"'fixed' or 'learned'"),
         # Cross-key: reported by the objective itself, as a config error.

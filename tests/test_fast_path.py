@@ -81,7 +81,7 @@ def test_bf16_autocast_keeps_the_loss_terms_in_float32():
         torch.manual_seed(1)  # the same draw: the network outputs the objective saw
         out = net(x)
     assert out.logits.dtype == torch.bfloat16  # autocast is really on
-    assert all(term.dtype == torch.float32 for term in terms)
+    assert all(term.dtype == torch.float32 for term in terms.by_name().values())
     # Reference: the same bf16 network outputs, reduced in float64.
     logits, mu, logvar = (t.double() for t in (out.logits, out.mu, out.logvar))
     rec = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -97,8 +97,8 @@ def test_bf16_autocast_keeps_the_iwae_weights_in_float32():
     net, x = bf16_net_and_images()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         terms = IWAE(k=3)(net, Bernoulli(), x, kl_weight=1.0)
-    assert all(term.dtype == torch.float32 for term in terms)
-    assert torch.isfinite(torch.stack(list(terms))).all()
+    assert all(term.dtype == torch.float32 for term in terms.by_name().values())
+    assert torch.isfinite(torch.stack(list(terms.by_name().values()))).all()
 
 
 def test_bf16_mixed_training_runs_end_to_end(compose_train):

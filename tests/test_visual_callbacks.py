@@ -44,6 +44,7 @@ from vae_lightning.data.registry import class_names
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models import gaussian
 from vae_lightning.models.diagnostics import active_units
+from vae_lightning.models.priors import MixtureOfGaussians, Prior, StandardNormal
 from vae_lightning.signatures import argument_problems
 
 TILE = 30  # make_grid: 28-pixel images with 2 pixels of padding
@@ -167,9 +168,12 @@ def test_manifold_is_drawn_for_a_2d_latent_space(manifold_run):
 class BandNet(nn.Module):
     """Encoder with known posteriors: mu_d = scale_d * x[0, 0, 0], fixed log-variances."""
 
-    def __init__(self, scale: list[float], logvar: list[float]) -> None:
+    def __init__(
+        self, scale: list[float], logvar: list[float], prior: Prior | None = None
+    ) -> None:
         super().__init__()
         self.latent_dim = len(scale)
+        self.prior = prior or StandardNormal(len(scale))
         self.register_buffer("scale", torch.tensor(scale))
         self.register_buffer("logvar", torch.tensor(logvar))
 
@@ -187,9 +191,11 @@ def band_image(z: Tensor) -> Tensor:
 
 
 class BandVAE(L.LightningModule):
-    def __init__(self, scale: list[float], logvar: list[float]) -> None:
+    def __init__(
+        self, scale: list[float], logvar: list[float], prior: Prior | None = None
+    ) -> None:
         super().__init__()
-        self.net = BandNet(scale, logvar)
+        self.net = BandNet(scale, logvar, prior)
 
     def decode_mean(self, z: Tensor) -> Tensor:
         return band_image(z)
@@ -246,6 +252,27 @@ def test_active_units_and_kl_histogram_on_a_model_that_ignores_dimensions(tmp_pa
     assert histogram.num == 4
     assert histogram.sum == pytest.approx(sum(closed_form_kl()), rel=1e-5)
     assert histogram.min == 0.0
+
+
+def test_with_a_learned_prior_rows_follow_posterior_mean_variance_and_no_kl_histogram(tmp_path):
+    """A mixture prior has no KL per dimension: the traversals rank by the variance of the
+    posterior means (0, 1.05, 0.00066, 0.263), the histogram is left out, the active units
+    stay. Dimension 0 carries no information but a small variance: its KL to N(0, 1), 1.51,
+    would have ranked it second."""
+    traversals = LatentTraversals(num_dims=3, num_steps=5, num_images=20)
+    collapse = PosteriorCollapse(num_images=20)
+    logvar = [-4.0, *LOGVAR[1:]]
+    module = BandVAE(SCALE, logvar, MixtureOfGaussians(4, num_components=3))
+    metrics = validate(module, [traversals, collapse], tmp_path)
+    assert metrics["val/active_units"] == 2
+    with pytest.raises(KeyError, match="val/kl_per_dim"):  # never written
+        written_histograms(tmp_path, "val/kl_per_dim")
+    grid = last_image(tmp_path, "val/traversals")
+    centre = torch.tensor(SCALE)
+    for row, dim in enumerate([1, 3, 2]):
+        z = centre.repeat(5, 1)
+        z[:, dim] = torch.linspace(-3, 3, 5)
+        assert_tiles_equal(grid, row, as_logged(band_image(z)))
 
 
 def test_manifold_tiles_decode_gaussian_quantiles(tmp_path):

@@ -28,6 +28,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning.config_rules import (
+    builds_conditional,
+    conditional_problems,
     device_problems,
     likelihood_data_mismatch,
     limits_of,
@@ -70,7 +72,9 @@ def check_config(cfg: DictConfig) -> None:
     Each component's own checks first; the rules across groups rely on valid values. The
     model is checked against the data shape when it is built (``build_checked_model``).
     """
-    problems: dict[str, str] = {}  # by the key it is about: a key shared by interpolation once
+    # By the key it is about: a key shared by interpolation once. The rules across groups
+    # that explain a value better than its component's signature does come first.
+    problems: dict[str, str] = dict(conditional_model_problems(cfg))
     for key, node in components(cfg):
         for about, problem in component_problems(cfg, key, node):
             problems.setdefault(about, problem)
@@ -87,6 +91,40 @@ def check_config(cfg: DictConfig) -> None:
         )
         if warning:
             rank_zero_warn(warning)
+
+
+def _selected(cfg: DictConfig, key: str) -> Any:
+    """The value at ``key``, None when absent or when its interpolation does not resolve
+    (the component check reports that)."""
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except Exception:
+        return None
+
+
+def _target_object(cfg: DictConfig, key: str) -> Any:
+    """The object named by ``<key>._target_``; None when there is none or it cannot be
+    imported (the component check reports that)."""
+    target = _selected(cfg, f"{key}._target_")
+    try:
+        return get_object(target) if target else None
+    except Exception:
+        return None
+
+
+def conditional_model_problems(cfg: DictConfig) -> dict[str, str]:
+    """A conditional network (model=cvae) against the data's labels and the prior."""
+    net = _target_object(cfg, "model.net")
+    if net is None or not builds_conditional(net):
+        return {}
+    return conditional_problems(
+        _choice("model", f"model.net._target_={_selected(cfg, 'model.net._target_')}"),
+        _selected(cfg, "data.num_classes"),
+        _selected(cfg, "model.net.num_classes"),
+        _choice("data", "the data"),
+        _target_object(cfg, "prior"),
+        _choice("prior", f"prior._target_={_selected(cfg, 'prior._target_')}"),
+    )
 
 
 def components(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:

@@ -3,19 +3,22 @@ the machine, and the few limits we put on third-party classes beyond their own c
 
 Each component checks its own parameters (its typed signature, then its constructor; see
 config_checks.py). What is here relates two groups (the likelihood and the data's
-binarization, the model and the data's image shape) or a group and the machine
+binarization, the model and the data's image shape, a conditional model and the data's
+labels or the prior) or a group and the machine
 (``trainer.devices``).
 """
 
 from __future__ import annotations
 
 import os
+import typing
 from typing import Annotated, Any
 
 import lightning as L
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
+from vae_lightning.models.conditional import reads_encoder
 from vae_lightning.seeding import forked_rng
 
 # ------------------------------------------------------------------ third-party classes
@@ -83,14 +86,69 @@ def likelihood_data_mismatch(likelihood: type, binarize: str) -> str | None:
 # ------------------------------------------------------------------ model <-> data
 
 
+def zero_labels(model: torch.nn.Module) -> torch.Tensor | None:
+    """Labels (class 0) for the test batch of two images if the model's network is
+    conditional; None for the others (a user's own module may take images alone)."""
+    conditional = getattr(getattr(model, "net", None), "conditional", False)
+    return torch.zeros(2, dtype=torch.long) if conditional else None
+
+
+def builds_conditional(target: Any) -> bool:
+    """Whether a network target (a VAE class or a factory declaring the class it returns)
+    builds a conditional network, one whose encoder and decoder take the class labels."""
+    cls = target
+    if not isinstance(target, type):
+        try:
+            cls = typing.get_type_hints(target).get("return")
+        except Exception:  # unresolvable annotations: nothing declared
+            return False
+    return isinstance(cls, type) and bool(getattr(cls, "conditional", False))
+
+
+def conditional_problems(
+    model_name: str,
+    num_classes: Any,
+    model_classes: Any,
+    data_name: str,
+    prior: type | None,
+    prior_name: str,
+) -> dict[str, str]:
+    """What a conditional model (model=cvae) needs of the other groups: labelled data, and a
+    prior that does not read the encoder (a VampPrior's pseudo-inputs have no labels). By the
+    config key each problem is about."""
+    problems = {}
+    # About the model's own key: what its signature check would otherwise report, less clearly.
+    if not num_classes:
+        problems["model.net.num_classes"] = (
+            f"{model_name} conditions on the class labels, but {data_name} has none "
+            f"(data.num_classes={num_classes}; an image folder without class sub-folders, "
+            "say). Train it on labelled data (data=mnist, data=fashion_mnist), or pick an "
+            "unconditional model (model=mlp, model=conv)."
+        )
+    elif model_classes != num_classes:
+        problems["model.net.num_classes"] = (
+            f"model.net.num_classes={model_classes} but the data's labels take "
+            f"data.num_classes={num_classes} values; leave model.net.num_classes to its "
+            "default, which follows the data."
+        )
+    if prior is not None and reads_encoder(prior):
+        problems["prior"] = (
+            f"{model_name} and {prior_name} do not combine: that prior is defined by the "
+            "encoder on learned pseudo-inputs, which have no label for a conditional encoder "
+            "to see. Use prior=standard (or another prior that does not read the encoder)."
+        )
+    return problems
+
+
 def model_output_problem(model: torch.nn.Module, image_shape: list[int]) -> str | None:
     """Run a batch of zeros of ``image_shape`` through ``model``; a problem if its decoder
     does not give the likelihood's values per pixel (``likelihood.decoder_channels``, one per
     channel by default). Exceptions propagate: the caller reports them with both shapes."""
     x = torch.zeros(2, *image_shape)
+    labels = zero_labels(model)
     with forked_rng(), torch.no_grad():
         model.eval()
-        out = model(x)
+        out = model(x) if labels is None else model(x, labels)
         model.train()
     logits = getattr(out, "logits", None)
     likelihood = getattr(model, "likelihood", None)
@@ -116,7 +174,7 @@ def objective_problem(model: torch.nn.Module, image_shape: list[int]) -> str | N
     if not hasattr(model, "objective"):  # a user's own LightningModule
         return None
     x = torch.zeros(2, *image_shape)
-    labels = torch.zeros(2, dtype=torch.long) if model.net.conditional else None
+    labels = zero_labels(model)
     with forked_rng(), torch.no_grad():
         try:
             model.objective(model.net, model.likelihood, x, 1.0, labels=labels)

@@ -13,6 +13,7 @@ from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
 from vae_lightning import seeding
+from vae_lightning.errors import ConfigError
 from vae_lightning.lr_schedules import stagewise_factor
 from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import bits_per_dim, iwae_log_likelihood
@@ -26,7 +27,7 @@ from vae_lightning.models.objectives import (
 from vae_lightning.models.vae import VAE, VAEOutput
 
 EVAL_STAGES = ("val", "test")
-TERMS = ELBOTerms._fields  # loss, rec, kl, elbo, bound
+TERMS = tuple(name for name in ELBOTerms._fields if name != "extras")  # loss rec kl elbo bound
 # The bound is a selection metric, logged for validation and test; per training step it would
 # repeat train/elbo (ELBO) or -train/loss (IWAE at full weight).
 TRAIN_TERMS = tuple(name for name in TERMS if name != "bound")
@@ -61,7 +62,9 @@ class VAELitModule(L.LightningModule):
         posterior: config of a :class:`Posterior` q(z|x) (default the encoder's Gaussian; a
             flow transforms it), built with ``latent_dim``.
         test_iwae_k: importance samples per image for ``test/nll_iwae`` (0 skips it).
-        iwae_chunk_rows: decoder rows per pass of that estimator; bounds its memory.
+        iwae_chunk_rows: decoder rows per pass of that estimator; bounds its memory. Counted
+            for one value per pixel channel: a likelihood whose decoder emits more (a mixture's
+            weights, means and scales) gets proportionally fewer rows, the same memory.
         lr_stage_growth: > 0 trains in stages, stage i lasting ``lr_stage_growth``^i epochs
             at the optimizer's learning rate times ``lr_stage_decay``^i, for
             ``lr_num_stages`` stages, then held (Burda et al. 2016: 3, 10^(-1/7), 8);
@@ -101,8 +104,13 @@ class VAELitModule(L.LightningModule):
         self.objective: Objective = instantiate(objective or PLAIN_ELBO)
         # Epoch means for evaluation, weighted by batch size and synced across DDP ranks, so
         # they are exact per-image averages over the whole split.
+        # The objective's own terms (beta-TCVAE's mi, tc, dwkl) are logged like the others.
         self.epoch_means = torch.nn.ModuleDict(
-            {f"{stage}_{term}": MeanMetric() for stage in EVAL_STAGES for term in TERMS}
+            {
+                f"{stage}_{term}": MeanMetric()
+                for stage in EVAL_STAGES
+                for term in (*TERMS, *self.objective.extra_terms)
+            }
         )
         self.test_nll_iwae = MeanMetric()
         self.test_bits_per_dim = MeanMetric()
@@ -117,6 +125,13 @@ class VAELitModule(L.LightningModule):
         """The mean image E[x|z] of codes of ``net.encode_code``/``net.sample_prior`` under
         the likelihood (pixel probabilities for Bernoulli)."""
         return self.likelihood.mean(self.net.decode_code(code, labels))
+
+    @property
+    def iwae_chunk_rows(self) -> int:
+        """Decoder rows per pass of the IWAE estimator, for the decoder's values per row."""
+        image_channels = self.hparams.net["image_shape"][0]
+        values_per_channel = self.likelihood.decoder_channels(image_channels) / image_channels
+        return max(1, int(self.hparams.iwae_chunk_rows / values_per_channel))
 
     @property
     def kl_estimator(self) -> str:
@@ -149,6 +164,14 @@ class VAELitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_step = int(checkpoint.get("global_step", 0))
+
+    def on_fit_start(self) -> None:
+        # The data module's training split, where it exposes one (objective.dataset_size).
+        splits = getattr(self.trainer.datamodule, "splits", None) or {}
+        if "train" in splits:
+            problem = self.objective.data_problem(len(splits["train"][0]))
+            if problem:
+                raise ConfigError(problem)
 
     def on_fit_end(self) -> None:
         self._checkpoint_step = None  # the weights are now those of the last step
@@ -195,14 +218,21 @@ class VAELitModule(L.LightningModule):
         images, labels = batch[0], self.batch_labels(batch)
         kl_weight = self.kl_weight
         terms = self.objective(
-            self.net, self.likelihood, images, kl_weight, posterior=posterior, labels=labels
+            self.net,
+            self.likelihood,
+            images,
+            kl_weight,
+            posterior=posterior,
+            labels=labels,
+            step=self.weights_step,
         )
+        logged = terms.by_name()
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
             values = {
                 f"train/{name}": value.detach()
-                for name, value in terms._asdict().items()
-                if name in TRAIN_TERMS
+                for name, value in logged.items()
+                if name in TRAIN_TERMS or name in terms.extras
             }
             self.last_train_values = values  # logged or not (the NaN guard names the culprit)
             if self._writes_step_logs():
@@ -214,7 +244,7 @@ class VAELitModule(L.LightningModule):
                     }
                 self.log_dict(values, on_step=True, on_epoch=False, batch_size=len(images))
             return terms.loss
-        for name, value in terms._asdict().items():
+        for name, value in logged.items():
             metric = self.epoch_means[f"{stage}_{name}"]
             metric.update(value.detach(), len(images))
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
@@ -264,7 +294,7 @@ class VAELitModule(L.LightningModule):
                 logvar,
                 lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x, labels),
                 k=k,
-                chunk_rows=self.hparams.iwae_chunk_rows,
+                chunk_rows=self.iwae_chunk_rows,
                 generator=seeding.iwae_generator(self.device, self.eval_batch_seed(batch_idx)),
                 draw_latents=self.net.draw_latents,
             )

@@ -44,7 +44,7 @@ SELECTION_METRIC = "best/val/bound"
 COMPARISON_METRICS = (SELECTION_METRIC, "val/elbo", "val/kl", "val/active_units")
 # The report's images: file name -> (TensorBoard tag, title).
 IMAGES = {
-    "samples.png": ("val/samples", "Decoder means of fixed prior draws z ~ N(0, I)"),
+    "samples.png": ("val/samples", "Decoder means of fixed prior draws z ~ p(z)"),
     "reconstructions.png": (
         "val/reconstructions",
         "Validation images (top) and the decoder means of their posterior means (bottom)",

@@ -1,5 +1,6 @@
 """Lightning callbacks: TensorBoard visuals (rank 0 only) and the reliability guards."""
 
+from vae_lightning.callbacks.disentanglement import DisentanglementMetrics
 from vae_lightning.callbacks.images import ReconstructionsAndSamples
 from vae_lightning.callbacks.interpolations import LatentInterpolations
 from vae_lightning.callbacks.latent_space import LatentSpace
@@ -10,6 +11,7 @@ from vae_lightning.callbacks.resume import RNGStateCheckpoint, SaveOnInterrupt
 from vae_lightning.callbacks.traversals import LatentTraversals
 
 __all__ = [
+    "DisentanglementMetrics",
     "LatentInterpolations",
     "LatentManifold",
     "LatentSpace",

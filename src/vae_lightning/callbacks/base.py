@@ -3,7 +3,9 @@
 The callbacks only use three methods, so they work with any model family, likelihood or
 objective: ``pl_module.net.encode_code(x) -> (mu, logvar)`` of the code the pictures walk in
 (z, or a hierarchy's top layer), ``pl_module.net.sample_prior(n)`` and
-``pl_module.decode_mean(code)`` (the image-shaped mean of p(x|z)).
+``pl_module.decode_mean(code)`` (the image-shaped mean of p(x|z)). A conditional network
+(``net.conditional``, the conditional VAE) also gets the labels: those of the fixed images,
+or the class a picture is drawn for; :func:`encode` and :func:`decode` pass them on.
 """
 
 from __future__ import annotations
@@ -45,23 +47,50 @@ def _parameter_dtype(pl_module: L.LightningModule) -> torch.dtype:
     return torch.float32 if parameter is None else parameter.dtype
 
 
+def is_conditional(pl_module: L.LightningModule) -> bool:
+    """Whether the network's encoder and decoder take the class labels."""
+    return bool(getattr(pl_module.net, "conditional", False))
+
+
+def _conditioning(pl_module: L.LightningModule, labels: Tensor | None) -> Tensor | None:
+    """``labels`` on the module's device for a conditional network; None for the others."""
+    if labels is None or not is_conditional(pl_module):
+        return None
+    return labels.to(pl_module.device)
+
+
 @torch.no_grad()
-def encode(pl_module: L.LightningModule, images: Tensor) -> tuple[Tensor, Tensor]:
-    """Posterior means and log-variances (float32, on the module's device), chunk by chunk."""
+def encode(
+    pl_module: L.LightningModule, images: Tensor, labels: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Posterior means and log-variances (float32, on the module's device), chunk by chunk.
+
+    ``labels`` (the images' classes) reach only a conditional network."""
     dtype = _parameter_dtype(pl_module)
+    labels = _conditioning(pl_module, labels)
+    chunks = images.split(ENCODE_CHUNK)
+    label_chunks = (
+        [()] * len(chunks) if labels is None else [(c,) for c in labels.split(ENCODE_CHUNK)]
+    )
     mus, logvars = [], []
-    for chunk in images.split(ENCODE_CHUNK):
-        mu, logvar = pl_module.net.encode_code(chunk.to(pl_module.device, dtype))
+    for chunk, chunk_labels in zip(chunks, label_chunks, strict=True):
+        # Labels only when there are: a hand-made module may take images alone.
+        mu, logvar = pl_module.net.encode_code(chunk.to(pl_module.device, dtype), *chunk_labels)
         mus.append(mu.float())
         logvars.append(logvar.float())
     return torch.cat(mus), torch.cat(logvars)
 
 
 @torch.no_grad()
-def decode(pl_module: L.LightningModule, z: Tensor) -> Tensor:
-    """Decoder means of ``z`` as displayable images: float32 in [0, 1], on the CPU."""
+def decode(pl_module: L.LightningModule, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Decoder means of ``z`` as displayable images: float32 in [0, 1], on the CPU.
+
+    ``labels`` (class indices, or class probabilities per row) reach only a conditional
+    network."""
     z = z.to(pl_module.device, _parameter_dtype(pl_module))
-    return pl_module.decode_mean(z).float().clamp(0.0, 1.0).cpu()
+    labels = _conditioning(pl_module, labels)
+    means = pl_module.decode_mean(z) if labels is None else pl_module.decode_mean(z, labels)
+    return means.float().clamp(0.0, 1.0).cpu()
 
 
 @dataclass(eq=False)  # callbacks compare and hash by identity, as Lightning expects

@@ -39,7 +39,7 @@ class LatentSpace(VisualCallback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, writer: SummaryWriter
     ) -> None:
         step = trainer.global_step
-        mu = encode(pl_module, self.images)[0].cpu()
+        mu = encode(pl_module, self.images, self.labels)[0].cpu()  # q(z|x, y) if conditional
         labels = self.labels.cpu()
         names = class_names(getattr(trainer.datamodule, "dataset", None))
         if self.projector:

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from pydantic import PositiveInt
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from vae_lightning.callbacks.base import VisualCallback, decode
+from vae_lightning.callbacks.base import VisualCallback, decode, is_conditional
 from vae_lightning.models.latent import gaussian_grid
 
 
@@ -21,6 +22,7 @@ class LatentManifold(VisualCallback):
 
     Only a 2-D latent space can be drawn this way; with any other ``latent_dim`` the callback
     says so once and logs nothing (``val/traversals`` and ``val/latent_pca`` cover that case).
+    A conditional network draws the manifold of class 0 (``val/samples`` shows every class).
 
     Args:
         grid_size: images per side.
@@ -48,7 +50,8 @@ class LatentManifold(VisualCallback):
     ) -> None:
         if pl_module.net.latent_dim != 2:
             return
-        images = decode(pl_module, self.latents)
+        labels = torch.zeros(len(self.latents), dtype=torch.long)
+        images = decode(pl_module, self.latents, labels if is_conditional(pl_module) else None)
         writer.add_image(
             "val/manifold", make_grid(images, nrow=self.grid_size), trainer.global_step
         )

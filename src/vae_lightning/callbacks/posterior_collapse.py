@@ -9,7 +9,6 @@ import torch
 from pydantic import NonNegativeFloat, PositiveInt
 
 from vae_lightning.callbacks.base import VisualCallback, encode, is_due, tensorboard_writer
-from vae_lightning.models import gaussian
 from vae_lightning.models.diagnostics import ACTIVE_UNIT_THRESHOLD, active_units
 
 
@@ -28,6 +27,11 @@ class PosteriorCollapse(VisualCallback):
     the cost of one tiny all-reduce per logged epoch. 1,000 images estimate the variance of
     each posterior mean to within about 4.5% (one standard error, sqrt(2/999)), enough for a
     threshold test at 0.01.
+
+    The KL per dimension is to the prior, where it has one per dimension in closed form
+    (N(0, I); with a flow, of the encoder's Gaussian, before the flow). A learned prior (a
+    mixture) has none, and the KL to N(0, 1) would mislead: the histogram is then not
+    logged; ``val/active_units`` needs no prior and is logged for every model.
     """
 
     num_images: PositiveInt = 1000
@@ -39,12 +43,12 @@ class PosteriorCollapse(VisualCallback):
             return
         count = 0
         if trainer.is_global_zero and self.num_collected > 1:
-            mu, logvar = encode(pl_module, self.images)
+            mu, logvar = encode(pl_module, self.images, self.labels)
             count = active_units(mu, self.threshold)
             writer = tensorboard_writer(trainer)
-            if writer is not None:
-                kl = gaussian.kl_standard_normal_per_dim(mu, logvar).mean(dim=0).cpu()
-                writer.add_histogram("val/kl_per_dim", kl, trainer.global_step)
+            kl = pl_module.net.prior.kl_per_dim(mu, logvar)
+            if writer is not None and kl is not None:
+                writer.add_histogram("val/kl_per_dim", kl.mean(dim=0).cpu(), trainer.global_step)
         pl_module.log(
             "val/active_units", float(count), reduce_fx="sum", sync_dist=True, prog_bar=False
         )

@@ -180,6 +180,7 @@ class CIFAR10DataModule(MNISTDataModule):
         image_shape: ImageShape = IMAGE_SHAPE,
         verify_checksums: bool = True,
         hflip: bool = False,
+        num_classes: NonNegativeInt | None = 10,
         dataset: Literal["cifar10"] = "cifar10",
     ) -> None:
         if tuple(image_shape) != IMAGE_SHAPE:
@@ -201,6 +202,7 @@ class CIFAR10DataModule(MNISTDataModule):
             image_shape=image_shape,
             verify_checksums=verify_checksums,
             hflip=hflip,
+            num_classes=num_classes,
         )
         self._official: dict[str, tuple[Tensor, Tensor]] = {}
 

@@ -140,9 +140,19 @@ class MNISTDataModule(L.LightningDataModule):
         image_shape: ImageShape = (1, 28, 28),
         verify_checksums: bool = True,
         hflip: bool = False,
+        num_classes: NonNegativeInt | None = None,
     ) -> None:
         super().__init__()
         info = dataset_info(dataset)
+        # How many classes the labels take, for conditional models (model=cvae); 0 or None
+        # declares the data unlabelled. A labelled dataset: its count or nothing.
+        if num_classes not in (None, 0, len(info.class_names)):
+            raise ValueError(
+                f"data.num_classes={num_classes} but {info.title} has "
+                f"{len(info.class_names)} classes; set data.num_classes="
+                f"{len(info.class_names)}."
+            )
+        self.num_classes = num_classes or 0
         self.info, self.storage = info, self.storage_of(info)
         self.dataset, self.root, self.download = dataset, Path(root), download
         self.search_dirs = [Path(p) for p in search_dirs or []]

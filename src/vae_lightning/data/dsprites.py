@@ -225,6 +225,7 @@ class DSpritesDataModule(MNISTDataModule):
         split_seed: Seed = 42,
         image_shape: ImageShape = IMAGE_SHAPE,
         hflip: bool = False,
+        num_classes: NonNegativeInt | None = 3,
         dataset: Literal["dsprites"] = "dsprites",
     ) -> None:
         if tuple(image_shape) != IMAGE_SHAPE:
@@ -245,6 +246,7 @@ class DSpritesDataModule(MNISTDataModule):
             image_shape=image_shape,
             verify_checksums=False,  # DeepMind publishes no checksum; its file is checked
             hflip=hflip,
+            num_classes=num_classes,
         )
         self.subset, self.test_size = subset, test_size
         self.split_factors: dict[str, Tensor] = {}

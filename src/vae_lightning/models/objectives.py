@@ -16,8 +16,10 @@ the global step (so it survives a resume):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import ClassVar, NamedTuple
 
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import Tensor
@@ -37,6 +39,14 @@ class ELBOTerms(NamedTuple):
     # The objective's own lower bound on log p(x), at full KL weight: the ELBO for ELBO, IWAE_k
     # for IWAE. Runs are selected on its best validation value (checkpoint, sweeps, report).
     bound: Tensor
+    # The objective's own named terms, logged as train/<name>, val/<name>, test/<name>
+    # (beta-TCVAE's mi, tc, dwkl; the capacity's C): the keys of its ``extra_terms``.
+    extras: Mapping[str, Tensor] = MappingProxyType({})
+
+    def by_name(self) -> dict[str, Tensor]:
+        """Every term by name, the objective's own (``extras``) after the ELBO terms."""
+        named = {name: getattr(self, name) for name in self._fields if name != "extras"}
+        return {**named, **self.extras}
 
 
 # The encoder's output for a batch, (mu, logvar), each (B, D): given to an objective by a
@@ -87,7 +97,8 @@ class KLSchedule:
 class ObjectiveInput(NamedTuple):
     """What an objective is evaluated on; ``posterior`` is the batch's (mu, logvar) when the
     caller has encoded it already, ``labels`` the batch's class labels (for conditional
-    models; None otherwise)."""
+    models; None otherwise), ``step`` the optimizer step of the weights (for objectives with
+    a schedule of their own, such as the capacity's C(step))."""
 
     net: VAE
     likelihood: Likelihood
@@ -95,6 +106,7 @@ class ObjectiveInput(NamedTuple):
     kl_weight: float
     posterior: Posterior | None
     labels: Tensor | None = None
+    step: int = 0
 
     def encoded(self) -> Posterior:
         """The batch's (mu, logvar): the caller's, or one encoder pass."""
@@ -125,7 +137,11 @@ class Objective:
 
     Every objective has the KL weight's schedule; subclasses add their own parameters as
     typed fields (declared once: the config check reads them) and implement :meth:`terms`.
+    One that reports more than the ELBO terms names them in ``extra_terms`` and returns them
+    in ``ELBOTerms.extras``; the lit module logs them like the others.
     """
+
+    extra_terms: ClassVar[tuple[str, ...]] = ()
 
     kl_warmup_steps: NonNegativeInt = 0
     cycle_steps: NonNegativeInt = 0
@@ -141,11 +157,17 @@ class Objective:
         kl_weight: float,
         posterior: Posterior | None = None,
         labels: Tensor | None = None,
+        step: int = 0,
     ) -> ELBOTerms:
-        return self.terms(ObjectiveInput(net, likelihood, x, kl_weight, posterior, labels))
+        return self.terms(ObjectiveInput(net, likelihood, x, kl_weight, posterior, labels, step))
 
     def terms(self, batch: ObjectiveInput) -> ELBOTerms:
         raise NotImplementedError
+
+    def data_problem(self, train_size: int) -> str | None:
+        """What is wrong with this objective for a training split of ``train_size`` images
+        (checked when fitting starts); None when nothing is."""
+        return None
 
 
 def single_sample_terms(batch: ObjectiveInput) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -156,7 +178,13 @@ def single_sample_terms(batch: ObjectiveInput) -> tuple[Tensor, Tensor, Tensor |
     otherwise it is the Monte-Carlo estimate log q(z|x) - log p(z) at the same z that the
     reconstruction term decodes.
     """
-    net, likelihood, x, _, posterior, labels = batch
+    net, likelihood, x, posterior, labels = (
+        batch.net,
+        batch.likelihood,
+        batch.x,
+        batch.posterior,
+        batch.labels,
+    )
     if not net.closed_form_kl:  # one draw, through the flow or the layers
         draws = net.draw_latents(*batch.encoded(), 1)
         rec = -batch.log_likelihood(draws.z)[0].mean()
