@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from helpers.paths import CONF_DIR, PROJECT_ROOT
-from helpers.runs import output, run_module
+from helpers.runs import output, run_module, train_run
 from vae_lightning import export as export_module
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data.datamodule import prepare_images
@@ -29,7 +29,6 @@ from vae_lightning.errors import EXIT_USER_ERROR, report_user_errors
 from vae_lightning.export import export, export_model
 from vae_lightning.inference import ToolError, load_module
 from vae_lightning.lit_module import VAELitModule
-from vae_lightning.models.priors import Prior
 from vae_lightning.models.vae import VAE
 from vae_lightning.sample import sample, sample_images
 
@@ -235,24 +234,18 @@ def test_missing_onnx_packages_are_named_with_the_install_command(run_tool, ckpt
 
 
 # ------------------------------------------------------------------ other priors, conditional
-def tiny_module(latent_dim: int = 3) -> VAELitModule:
+def tiny_module(latent_dim: int = 3, prior: dict | None = None) -> VAELitModule:
     return VAELitModule(
         net={"_target_": "vae_lightning.models.vae.mlp_vae", "image_shape": [1, 28, 28]},
         optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
         latent_dim=latent_dim,
+        prior=prior,
     ).eval()
 
 
-class ShiftedNormal(Prior):
-    """N(1, I): a prior whose draws have another centre than 0."""
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return 1 + torch.randn(n, self.latent_dim, generator=generator)
-
-
 def test_temperature_is_refused_for_a_prior_other_than_the_standard_normal():
-    pl_module = tiny_module()
-    pl_module.net.prior = ShiftedNormal(3)
+    mixture = {"_target_": "vae_lightning.models.priors.MixtureOfGaussians"}
+    pl_module = tiny_module(prior=mixture)
     assert sample_images(pl_module, 4, temperature=1.0)["codes"].shape == (4, 3)
     with pytest.raises(ToolError, match="temperature=0.5 is defined for the standard-normal"):
         sample_images(pl_module, 4, temperature=0.5)
@@ -315,3 +308,34 @@ def test_a_conditional_model_exports_with_labels_as_second_input(conditional_mod
     with torch.no_grad():
         expected = conditional_module.decode_mean(codes, labels)
         torch.testing.assert_close(decoder(codes, labels), expected, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cvae_ckpt(tmp_path_factory, idx_root) -> Path:
+    """One short epoch of model=cvae (conditioned on the 10 digit labels)."""
+    overrides = ["model=cvae", "model.latent_dim=3", "debug=fast", "test=false"]
+    overrides += ["~callbacks.progress_bar", "~callbacks.latent_space", "~callbacks.traversals"]
+    run = train_run(tmp_path_factory.mktemp("cvae_run"), idx_root, overrides)
+    return run.dir / "checkpoints" / "last.ckpt"
+
+
+def test_vae_sample_of_a_cvae_has_one_row_per_class(cvae_ckpt, tmp_path):
+    out = tmp_path / "samples"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        overrides = [f"ckpt_path={cvae_ckpt}", "num_samples=4", f"out_dir={out}"]
+        sample(compose_as_launched("sample", [f"paths.log_dir={tmp_path}", *overrides]))
+    GlobalHydra.instance().clear()
+    assert png_size(out / "samples.png") == (grid_pixels(4), grid_pixels(10))
+    arrays = {
+        name: torch.from_numpy(value) for name, value in np.load(out / "samples.npz").items()
+    }
+    assert arrays["labels"].tolist() == [digit for digit in range(10) for _ in range(4)]
+    with torch.no_grad():
+        expected = load_module(cvae_ckpt).decode_mean(arrays["codes"], arrays["labels"])
+    torch.testing.assert_close(arrays["images"], expected, rtol=0, atol=1e-6)
+
+
+def test_a_cvae_exports_with_labels(cvae_ckpt, tmp_path):
+    formats = ["torchscript", "onnx"] if HAS_ONNX else ["torchscript"]
+    checks = export_model(load_module(cvae_ckpt), tmp_path, formats)
+    assert all(check["passed"] and check["inputs"][1] == "labels" for check in checks.values())
