@@ -35,6 +35,9 @@ CPU, NLL on 1000 images:     PYTHONPATH=src python benchmarks/quality.py --epoch
 Smoke (seconds):             PYTHONPATH=src python benchmarks/quality.py --smoke
 Model families only:         PYTHONPATH=src python benchmarks/quality.py --families --epochs 10 \
                                  --seeds 1 2 3 --nll-images 500 --iwae-k 1000
+One process per seed, pooled: the same with --seeds 1 --out outputs/q1 (likewise 2 and 3),
+                             then python benchmarks/quality.py --combine outputs/q \\
+                                 outputs/q1/quality.json outputs/q2/quality.json ...
 
 Seeds. ``--seeds 1 2 3`` trains every row once per seed (the seed of the run: initialisation,
 shuffling, dynamic binarization; the test binarization and the evaluation samples stay fixed)
@@ -449,5 +452,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def combine(paths: list[Path], out: Path) -> dict[str, Any]:
+    """One table from several runs of this script (e.g. one process per seed, run side by
+    side): their rows pooled, summarised again; settings from the first, seeds from all."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    rows = [row for run in runs for row in run["rows"]]
+    settings = dict(runs[0]["settings"], seeds=sorted({row["seed"] for row in rows}))
+    settings["load_after"] = max(run["settings"]["load_after"] for run in runs)
+    results = {"settings": settings, "rows": rows, "summary": summarize(rows)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (out / "quality.md").write_text(table)
+    print(table)
+    return results
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--combine"]:  # --combine OUT RUN.json ...
+        combine([Path(path) for path in sys.argv[3:]], Path(sys.argv[2]))
+    else:
+        main()
