@@ -33,7 +33,7 @@ CPU, NLL on 1000 images:     PYTHONPATH=src python benchmarks/quality.py --epoch
                                  --nll-images 1000 --accelerator cpu
                              (about 2 hours on 2 cores; the conv row is half of it)
 Smoke (seconds):             PYTHONPATH=src python benchmarks/quality.py --smoke
-Model families only:         PYTHONPATH=src python benchmarks/quality.py --families --epochs 10 \
+Model families only:         PYTHONPATH=src python benchmarks/quality.py --families --epochs 10 \\
                                  --seeds 1 2 3 --nll-images 500 --iwae-k 1000
 One process per seed, pooled: the same with --seeds 1 --out outputs/q1 (likewise 2 and 3),
                              then python benchmarks/quality.py --combine outputs/q \\
