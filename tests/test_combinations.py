@@ -2,7 +2,7 @@
 each combination that does not is refused before training with a one-paragraph reason.
 
 Each combination is composed from the real configs, checked and built as vae-train does
-(check_config, build_checked_model), then its objective is evaluated once on real-shaped data:
+(train.checked_model), then its objective is evaluated once on real-shaped data:
 built combinations give finite terms and a true ELBO at least as low as the loss's bound.
 """
 
@@ -12,10 +12,9 @@ import itertools
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
-from vae_lightning.config_checks import build_checked_model, check_config
 from vae_lightning.errors import ConfigError
+from vae_lightning.train import checked_model
 
 MODELS = ("mlp", "conv", "hvae", "cvae")
 PRIORS = ("standard", "mog", "vamp")
@@ -46,23 +45,6 @@ def expected_refusal(model: str, prior: str, posterior: str, objective: str) -> 
     return None
 
 
-def build(compose_train, overrides: list[str]):
-    cfg = compose_train(overrides)
-    check_config(cfg)
-    return build_checked_model(
-        cfg,
-        lambda: instantiate(
-            cfg.model,
-            optimizer=cfg.optimizer,
-            likelihood=cfg.likelihood,
-            objective=cfg.objective,
-            prior=cfg.prior,
-            posterior=cfg.posterior,
-            test_iwae_k=cfg.test_iwae_k,
-        ),
-    )
-
-
 @pytest.mark.parametrize("model", MODELS)
 def test_every_combination_builds_or_is_refused_with_its_reason(compose_train, model):
     wrong = []
@@ -76,7 +58,7 @@ def test_every_combination_builds_or_is_refused_with_its_reason(compose_train, m
         ]
         refusal = expected_refusal(model, prior, posterior, objective)
         try:
-            module = build(compose_train, overrides)
+            module = checked_model(compose_train(overrides))
         except ConfigError as err:
             if refusal is None or refusal not in str(err):
                 wrong.append(f"{overrides}: refused: {err}")

@@ -10,7 +10,7 @@ from helpers.runs import compose_data_option
 from vae_lightning.config_checks import ConfigError, check_config
 from vae_lightning.data import TensorImageDataModule
 from vae_lightning.lit_module import VAELitModule
-from vae_lightning.train import instantiate_named
+from vae_lightning.train import checked_model, instantiate_named
 
 
 def options(group: str) -> list[str]:
@@ -128,8 +128,9 @@ def test_callbacks_and_logger_instantiate(compose_train):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiments_compose(compose_train, experiment):
     cfg = compose_train([f"experiment={experiment}"])
-    module = instantiate(cfg.model, optimizer=cfg.optimizer)
-    assert torch.isfinite(module(torch.rand(2, 1, 28, 28)).logits).all()
+    module = checked_model(cfg)  # every group of the experiment, checked as vae-train does
+    x = torch.rand(2, *cfg.data.image_shape)
+    assert torch.isfinite(module(x).logits).all()
 
 
 def test_debug_fast_is_short(compose_train):

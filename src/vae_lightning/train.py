@@ -39,6 +39,26 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node and "_target_" in node]
 
 
+def model_from_config(cfg: DictConfig) -> L.LightningModule:
+    """The LightningModule of ``cfg.model``, given the groups it is built with."""
+    return instantiate(
+        cfg.model,
+        optimizer=cfg.optimizer,
+        likelihood=cfg.likelihood,
+        objective=cfg.objective,
+        prior=cfg.get("prior"),
+        posterior=cfg.get("posterior"),
+        test_iwae_k=cfg.test_iwae_k,
+    )
+
+
+def checked_model(cfg: DictConfig) -> L.LightningModule:
+    """Check ``cfg``, then build its model and run it once on the data's shape, as vae-train
+    does before reading any data: a ConfigError says what is wrong."""
+    check_config(cfg)
+    return build_checked_model(cfg, lambda: model_from_config(cfg))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured VAE, then test its best checkpoint; return the final metrics.
 
@@ -54,18 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         refuse_finished_run(checkpoint, cfg)
         resume_step = checkpoint["global_step"]
     seed_everything(cfg.get("seed"))
-    model = build_checked_model(
-        cfg,
-        lambda: instantiate(
-            cfg.model,
-            optimizer=cfg.optimizer,
-            likelihood=cfg.likelihood,
-            objective=cfg.objective,
-            prior=cfg.get("prior"),
-            posterior=cfg.get("posterior"),
-            test_iwae_k=cfg.test_iwae_k,
-        ),
-    )
+    model = build_checked_model(cfg, lambda: model_from_config(cfg))
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()  # missing, corrupt or too small data fails here, not mid-fit
     datamodule.setup("fit")
