@@ -55,11 +55,17 @@ class Bernoulli(Likelihood):
     expects_binary = True
 
     def log_prob(self, logits: Tensor, x: Tensor) -> Tensor:
+        """sum_pixels x l - softplus(l), which is log sigmoid(l) for x = 1 and log sigmoid(-l)
+        for x = 0: the negative binary cross-entropy with logits l.
+
+        Two passes over the logits (a product and a softplus), where torch's BCE-with-logits
+        makes about five: on CPU the IWAE estimator spent more time in the BCE than in the
+        decoder's last matrix product. Each sum is float32 over the pixels, so the result
+        differs from the BCE's by float32 rounding of those sums (about 1e-4 nats per
+        28x28 image).
+        """
         logits = logits.float()
-        bce = F.binary_cross_entropy_with_logits(
-            logits, x.float().expand_as(logits), reduction="none"
-        )
-        return -bce.sum(dim=IMAGE_DIMS)
+        return (logits * x.float()).sum(dim=IMAGE_DIMS) - F.softplus(logits).sum(dim=IMAGE_DIMS)
 
     def mean(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits.float())
