@@ -26,6 +26,9 @@ Full run (quiet machine; about 15 min on 2 CPU cores):
 Smoke run:
     PYTHONPATH=src python benchmarks/throughput.py --models mlp --batch-sizes 128 \\
         --epochs 2 --limit-batches 5
+Each model family's epoch next to the standard VAE's (path b, the MLP; issue: a family costs
+what its maths costs):
+    PYTHONPATH=src python benchmarks/throughput.py --families --batch-sizes 128 --markdown
 conv and resnet epochs on CIFAR-shaped data, pure loop (a) against vae-train (b):
     PYTHONPATH=src python benchmarks/throughput.py --data cifar-shaped \\
         --models conv resnet --paths a b --batch-sizes 128 --markdown
@@ -319,6 +322,42 @@ def machine_line(device: torch.device, args: argparse.Namespace) -> str:
     return "; ".join(parts)
 
 
+# --families: each family as vae-train runs it (path b), by the model and overrides it takes.
+FAMILIES: dict[str, tuple[str, list[str]]] = {
+    "standard": ("mlp", []),
+    "mog": ("mlp", ["prior=mog"]),
+    "vamp": ("mlp", ["prior=vamp"]),
+    "planar": ("mlp", ["posterior=planar"]),
+    "iaf": ("mlp", ["posterior=iaf"]),
+    "hvae": ("hvae", []),
+    "cvae": ("cvae", []),
+    "iwae5": ("mlp", ["objective=iwae", "objective.k=5"]),
+    "beta_tc": ("mlp", ["objective=beta_tc"]),
+    "capacity": ("mlp", ["objective=capacity"]),
+}
+
+
+def run_families(args: argparse.Namespace) -> None:
+    """Path b for every family at each batch size; s/epoch and its ratio to the standard VAE."""
+    lines = [
+        "| family | batch | s/epoch | images/s | vs standard | peak RSS MB |",
+        "|---" * 6 + "|",
+    ]
+    for batch_size in args.batch_sizes:
+        standard = None
+        for family, (model, overrides) in FAMILIES.items():
+            case = argparse.Namespace(**{**vars(args), "override": [*args.override, *overrides]})
+            result = run_case(case, "b", model, batch_size)
+            secs = steady(result)
+            standard = standard or secs
+            print(f"{family:9} batch {batch_size:5}: {secs:7.3f} s/epoch", flush=True)
+            lines.append(
+                f"| {family} | {batch_size} | {secs:.2f} | {result['images'][-1] / secs:,.0f} | "
+                f"{secs / standard:.2f} | {result['peak_rss_mb']:.0f} |"
+            )
+    print("\n".join(lines))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -375,6 +414,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-size", type=int, default=VAL_SIZE)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--families", action="store_true", help="path b for each model family (FAMILIES)"
+    )
     parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md section")
     # One case in this process (used by the driver).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -405,6 +447,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     device = resolve_device(args.device)
     print(f"# Machine: {machine_line(device, args)}", flush=True)
+    if args.families:
+        run_families(args)
+        return
     shape = "x".join(map(str, DATA_SHAPES[args.data]))
     count = args.num_images if args.data == "cifar-shaped" else "Fashion-MNIST's"
     print(f"# Data: {args.data}, {count} training images of {shape}", flush=True)
