@@ -13,7 +13,9 @@ from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
 
 from helpers.events import hparams_session_groups
 from helpers.paths import CONF_DIR
@@ -22,7 +24,7 @@ from vae_lightning.config_checks import build_checked_model, check_config
 from vae_lightning.configs import compose_as_launched
 from vae_lightning.data.dsprites import NUM_IMAGES
 from vae_lightning.models.disentangling import BetaTC
-from vae_lightning.report import read_events
+from vae_lightning.report import read_events, write_report
 from vae_lightning.sweep_axes import file_name, numeric_axes, override_items, use_log2
 
 BETAS = (1, 2, 4, 8, 16)
@@ -98,6 +100,58 @@ def test_the_swept_numeric_keys_and_the_axis_scale():
     assert jobs[0].overrides == {"experiment": "x", "model.beta": "1", "s": "a"}
     assert use_log2([1, 2, 4, 8, 16]) and not use_log2([1, 2, 3]) and not use_log2([0, 4, 8])
     assert file_name("val/mig", "model.beta") == "val_mig_vs_model.beta.png"
+
+
+def write_job(sweep: Path, job: int, overrides: list[str], scalars: dict[str, float]) -> None:
+    """A job folder as a multirun leaves it: overrides and real TensorBoard event files."""
+    folder = sweep / str(job)
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+    writer = SummaryWriter(str(folder / "tensorboard" / "run"))
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value - 1.0, 0)  # an earlier epoch: the report takes the last
+        writer.add_scalar(tag, value, 10)
+    writer.close()
+
+
+def test_the_report_draws_each_logged_metric_against_the_swept_beta(tmp_path):
+    # Two objectives x three betas, listed out of beta's order; job 6 failed (no events).
+    sweep = tmp_path / "sweep"
+    jobs = [
+        (16, "elbo"),
+        (1, "elbo"),
+        (4, "elbo"),
+        (1, "beta_tc"),
+        (4, "beta_tc"),
+        (16, "beta_tc"),
+    ]
+    for job, (beta, objective) in enumerate(jobs):
+        scalars = {"val/elbo": -100.0 - beta, "val/rec": 90.0 + beta, "val/mig": beta / 100}
+        write_job(sweep, job, ["debug=fast", f"objective={objective}", f"b={beta}"], scalars)
+    (sweep / "6" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(
+        OmegaConf.create(["debug=fast", "objective=elbo", "b=2"]),
+        sweep / "6" / ".hydra" / "overrides.yaml",
+    )
+    write_report(sweep)
+    out = sweep / "report"
+    for metric in ("val/elbo", "val/rec", "val/mig"):
+        assert_png(out / file_name(metric, "b"))
+    assert not (out / file_name("val/kl", "b")).exists()  # never logged: not drawn
+    text = (out / "comparison.md").read_text()
+    assert "against b (log2 axis); one line per objective." in text
+    table = [
+        line for line in text.split("## Against `b`")[1].splitlines() if line.startswith("| ")
+    ]
+    assert table[0] == "| job | b | objective | val/elbo | val/rec | MIG |"
+    assert table[2:] == [
+        "| 1 | 1 | elbo | -101.00 | 91.00 | 0.010 |",
+        "| 3 | 1 | beta_tc | -101.00 | 91.00 | 0.010 |",
+        "| 2 | 4 | elbo | -104.00 | 94.00 | 0.040 |",
+        "| 4 | 4 | beta_tc | -104.00 | 94.00 | 0.040 |",
+        "| 0 | 16 | elbo | -116.00 | 106.00 | 0.160 |",
+        "| 5 | 16 | beta_tc | -116.00 | 106.00 | 0.160 |",
+    ]
 
 
 def assert_png(path: Path) -> None:
