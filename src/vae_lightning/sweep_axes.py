@@ -95,7 +95,9 @@ def use_log2(values: Sequence[float]) -> bool:
 
 def group_name(job: SweptJob, axis: str, varying: Sequence[str]) -> str:
     """The job's other varying overrides (its line in the figure), or '' when none."""
-    return " ".join(f"{key}={job.overrides[key]}" for key in varying if key != axis)
+    return " ".join(
+        f"{key}={job.overrides[key]}" for key in varying if key != axis and key in job.overrides
+    )
 
 
 def file_name(metric: str, axis: str) -> str:
