@@ -6,8 +6,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from helpers.paths import CONF_DIR
-from helpers.runs import compose_data_option
+from helpers.runs import compose_data_option, output_overrides
 from vae_lightning.config_checks import ConfigError, check_config
+from vae_lightning.configs import compose_as_launched
 from vae_lightning.data import TensorImageDataModule
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.train import checked_model, instantiate_named
@@ -126,11 +127,12 @@ def test_callbacks_and_logger_instantiate(compose_train):
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_experiments_compose(compose_train, experiment):
-    cfg = compose_train([f"experiment={experiment}"])
+def test_experiments_compose(compose_train, tmp_path, experiment):
+    # Each as it ships: an experiment may bring its own data (dsprites_beta: 64x64 dSprites).
+    cfg = compose_as_launched("train", [f"experiment={experiment}", *output_overrides(tmp_path)])
     module = checked_model(cfg)  # every group of the experiment, checked as vae-train does
-    x = torch.rand(2, *cfg.data.image_shape)
-    assert torch.isfinite(module(x).logits).all()
+    images = torch.rand(2, *cfg.data.image_shape)
+    assert torch.isfinite(module(images).logits).all()
 
 
 def test_debug_fast_is_short(compose_train):

@@ -7,9 +7,10 @@ import pytest
 from pydantic import PositiveInt
 
 from helpers.paths import CONF_DIR
-from helpers.runs import compose_data_option
+from helpers.runs import compose_data_option, output_overrides
 from vae_lightning.config_checks import ConfigError, check_config
 from vae_lightning.config_rules import requested_devices
+from vae_lightning.configs import compose_as_launched
 from vae_lightning.signatures import argument_problems
 
 
@@ -39,6 +40,8 @@ def test_every_shipped_option_passes(compose_train, tmp_path, override):
         data = override.removeprefix("data=")
         required = [f"data.root={tmp_path}"] if data == "image_folder" else []  # root: ???
         check_config(compose_data_option(tmp_path, data, required))
+    elif override.startswith("experiment="):  # as it ships: it may bring its own data
+        check_config(compose_as_launched("train", [override, *output_overrides(tmp_path)]))
     else:
         check_config(compose_train([override]))
 

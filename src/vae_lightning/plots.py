@@ -144,3 +144,27 @@ def comparison_curves(curves: Mapping[str, Series], metric: str) -> Figure:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return figure
+
+
+def metric_against(
+    series: Mapping[str, Series], parameter: str, metric: str, log2: bool = False
+) -> Figure:
+    """A sweep's final ``metric`` against a swept hyperparameter: one line per group of jobs
+    (the label '' when the sweep has no other varying override), each point a job."""
+    figure = new_figure(5.5, 4.0, layout="constrained")
+    axes = figure.add_subplot()
+    ticks: set[float] = set()
+    for name, (values, metrics) in series.items():
+        axes.plot(values, metrics, marker="o", label=name or None)
+        ticks.update(values)
+    if log2:
+        axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(ticks), [f"{tick:g}" for tick in sorted(ticks)])
+    axes.minorticks_off()
+    axes.set_xlabel(parameter + (" (log2 scale)" if log2 else ""))
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} against {parameter}")
+    axes.grid(alpha=0.3)
+    if any(series):
+        axes.legend(fontsize=8)
+    return figure

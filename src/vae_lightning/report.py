@@ -4,7 +4,9 @@ For a run folder (``.hydra/`` and ``tensorboard/``) it writes ``<run_dir>/report
 ``loss_curves.png``, ``samples.png``, ``reconstructions.png``, ``latent_pca.png`` and
 ``summary.md``. For a multirun folder (numbered job folders, each with
 ``.hydra/overrides.yaml``) it writes ``<run_dir>/report/comparison.md``, ``comparison.csv``
-and ``val_elbo.png``, one row and one curve per job. Everything is read from the TensorBoard
+and ``val_elbo.png``, one row and one curve per job, and for every numeric hyperparameter
+the sweep varied (``model.beta=1,2,4,8,16``) a figure of each metric against it and a table
+(``sweep_axes.py``). Everything is read from the TensorBoard
 event files with TensorBoard's ``EventAccumulator``; training calls the same code at its end
 when ``report=true``.
 """
@@ -220,6 +222,7 @@ class JobRow:
 def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_METRICS) -> Path:
     """One row per job (its overrides, final metrics) as markdown and CSV; return the .md."""
     from vae_lightning import plots
+    from vae_lightning.sweep_axes import SweptJob, override_items, write_axis_reports
 
     jobs = find_jobs(sweep_dir)
     if not jobs:
@@ -229,7 +232,7 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
         )
     overrides = {job.name: read_overrides(job) or [] for job in jobs}
     common = [o for o in overrides[jobs[0].name] if all(o in v for v in overrides.values())]
-    rows, curves = [], {}
+    rows, curves, finished = [], {}, []
     for job in jobs:
         try:
             events, status = read_events(job), "ok"
@@ -237,6 +240,8 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
             events, status = RunEvents(), "no events"  # failed early or still starting
         if RunLayout(job).failure_file.is_file():
             status = "failed"
+        if status == "ok":
+            finished.append(SweptJob(job.name, override_items(overrides[job.name]), events))
         varying = [o for o in overrides[job.name] if o not in common]
         values = [events.last(name) for name in metrics]
         rows.append(JobRow(job.name, status, overrides[job.name], varying, values))
@@ -253,8 +258,10 @@ def write_multirun_report(sweep_dir: Path, metrics: Sequence[str] = COMPARISON_M
             writer.writerow([row.name, row.status, " ".join(row.overrides), *cells])
     if curves:
         plots.save_png(plots.comparison_curves(curves, "val/elbo"), out / "val_elbo.png")
+    against = write_axis_reports(out, finished)  # metrics against a swept number (beta)
     markdown = out / "comparison.md"
-    markdown.write_text(comparison_markdown(sweep_dir, common, rows, metrics, bool(curves)))
+    text = comparison_markdown(sweep_dir, common, rows, metrics, bool(curves))
+    markdown.write_text(text + "\n".join(against) + ("\n" if against else ""))
     return markdown
 
 
