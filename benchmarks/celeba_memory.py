@@ -200,12 +200,12 @@ def markdown(rows: list[dict]) -> str:
     }
     lines = [
         "| run | max_memory_gb | uint8 data MB | peak after imports MB | peak after setup MB "
-        "| resident after setup MB | setup s | peak after batches MB | resident after batches "
+        "| resident after setup MB | prepare_data + setup s | peak after batches MB | resident after batches "
         "MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        setup_s = row["setup_s"]
+        setup_s = f"{row['prepare_s']} + {row['setup_s']}"
         if row["phase"] == "first":
             setup_s = f"{row['prepare_s']} decode ({row['decode_images_per_s']} img/s) + {setup_s}"
         lines.append(
