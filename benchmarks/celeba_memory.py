@@ -200,14 +200,15 @@ def markdown(rows: list[dict]) -> str:
     }
     lines = [
         "| run | max_memory_gb | uint8 data MB | peak after imports MB | peak after setup MB "
-        "| resident after setup MB | prepare_data + setup s | peak after batches MB | resident after batches "
-        "MB |",
+        "| resident after setup MB | prepare_data + setup s | peak after batches MB "
+        "| resident after batches MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         setup_s = f"{row['prepare_s']} + {row['setup_s']}"
         if row["phase"] == "first":
-            setup_s = f"{row['prepare_s']} decode ({row['decode_images_per_s']} img/s) + {setup_s}"
+            speed = row["decode_images_per_s"]
+            setup_s = f"{row['prepare_s']} decode ({speed} img/s) + {row['setup_s']}"
         lines.append(
             f"| {names[row['phase']]} | {row['max_memory_gb']:g} | {row['uint8_mb']} | "
             f"{row['baseline_peak_mb']} | {row['setup_peak_mb']} | {row['setup_now_mb']} | "
