@@ -107,3 +107,12 @@ def test_a_training_run_on_celeba(celeba_root, tmp_path):
         ],
     )
     assert np.isfinite(run.metrics["val/elbo"]) and np.isfinite(run.metrics["test/elbo"])
+
+
+def test_the_official_partitions_are_views_of_one_loaded_array(celeba_root):
+    """Consecutive partitions are not copied: the images are held once, not twice."""
+    dm = celeba_module(celeba_root)
+    buffers = {images.untyped_storage().data_ptr() for images, _ in dm.splits.values()}
+    assert len(buffers) == 1
+    assert dm.splits["train"][0].untyped_storage().nbytes() == 12 * 3 * 64 * 64
+    assert len(dm.decoded.images) == 0

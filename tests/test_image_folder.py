@@ -300,6 +300,14 @@ def test_an_interrupted_build_leaves_nothing_a_later_run_trusts(tmp_path):
     assert torch.equal(decoded.images, torch.from_numpy(reference))
 
 
+def test_copied_splits_release_the_loaded_array(folder):
+    """A random split copies rows; the whole loaded array is then freed, not kept by a view."""
+    dm = folder_module(folder)
+    assert not dm.decoded.mapped and dm.decoded.images.untyped_storage().nbytes() == 0
+    for images, _ in dm.splits.values():
+        assert images.untyped_storage().nbytes() == images.numel()
+
+
 def test_a_set_larger_than_max_memory_gb_is_memory_mapped(folder):
     in_memory = folder_module(folder)
     mapped = folder_module(folder, max_memory_gb=1e-6)

@@ -97,13 +97,19 @@ def split_tensors(
     decoded: DecodedImages, labels: Sequence[int], rows_of: dict[str, list[int]]
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Images and labels of each split from the decoded rows; a memory-mapped training
-    split stays mapped (:class:`MappedImages`), everything else is copied into memory."""
+    split stays mapped (:class:`MappedImages`), everything else is in memory: a split of
+    consecutive rows (CelebA's official partitions) as a view of the loaded array, so the
+    images are not held twice, any other as a copy."""
     all_labels = torch.as_tensor(labels, dtype=torch.long)
     splits = {}
     for name, rows in rows_of.items():
-        index = torch.as_tensor(sorted(rows), dtype=torch.long)
+        ordered = sorted(rows)
+        index = torch.as_tensor(ordered, dtype=torch.long)
+        consecutive = ordered == list(range(ordered[0], ordered[-1] + 1)) if ordered else False
         if decoded.mapped and name == "train":
             images: Any = MappedImages(decoded.images, index)
+        elif consecutive and not decoded.mapped:
+            images = decoded.images[ordered[0] : ordered[-1] + 1]
         else:
             images = decoded.images[index]
         splits[name] = (images, all_labels[index])
@@ -190,8 +196,10 @@ class DecodedImagesDataModule(TensorImageDataModule):
                 f"{decoded.entry}."
             )
         splits = split_tensors(decoded, labels, rows_of)
-        if not decoded.mapped:  # the splits hold copies: free the whole array
-            decoded.images = decoded.images[:0]
+        if not decoded.mapped:
+            # Drop this reference to the loaded array (a [:0] view would keep all of it alive):
+            # it is freed unless some split is a view of it.
+            decoded.images = decoded.images.new_empty((0, *decoded.images.shape[1:]))
         return splits
 
     def empty_split_message(self, split: str, count: int) -> str:
