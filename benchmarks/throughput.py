@@ -338,22 +338,26 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
 
 
 def run_families(args: argparse.Namespace) -> None:
-    """Path b for every family at each batch size; s/epoch and its ratio to the standard VAE."""
+    """Path b for every family at each batch size: s/epoch and CPU s/epoch (the steadier
+    figure on a shared machine with --threads 1), each with its ratio to the standard VAE."""
     lines = [
-        "| family | batch | s/epoch | images/s | vs standard | peak RSS MB |",
-        "|---" * 6 + "|",
+        "| family | batch | s/epoch | CPU s/epoch | images/s | vs standard (CPU) | peak RSS MB |",
+        "|---" * 7 + "|",
     ]
     for batch_size in args.batch_sizes:
         standard = None
         for family, (model, overrides) in FAMILIES.items():
             case = argparse.Namespace(**{**vars(args), "override": [*args.override, *overrides]})
             result = run_case(case, "b", model, batch_size)
-            secs = steady(result)
-            standard = standard or secs
-            print(f"{family:9} batch {batch_size:5}: {secs:7.3f} s/epoch", flush=True)
+            secs, cpu = steady(result), steady(result, "cpu_seconds")
+            standard = standard or (secs, cpu)
+            print(
+                f"{family:9} batch {batch_size:5}: {secs:7.3f} s/epoch, CPU {cpu:.3f}", flush=True
+            )
             lines.append(
-                f"| {family} | {batch_size} | {secs:.2f} | {result['images'][-1] / secs:,.0f} | "
-                f"{secs / standard:.2f} | {result['peak_rss_mb']:.0f} |"
+                f"| {family} | {batch_size} | {secs:.2f} | {cpu:.2f} | "
+                f"{result['images'][-1] / secs:,.0f} | {secs / standard[0]:.2f} "
+                f"({cpu / standard[1]:.2f}) | {result['peak_rss_mb']:.0f} |"
             )
     print("\n".join(lines))
 
