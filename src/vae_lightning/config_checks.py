@@ -253,7 +253,10 @@ def build_checked_model(
     shape = OmegaConf.select(cfg, "data.image_shape", default=None)
     shape = OmegaConf.to_container(shape, resolve=True) if isinstance(shape, ListConfig) else shape
     model_name = _choice("model", f"model._target_={cfg.model.get('_target_')}")
-    fix = "Pick a model that fits the data (model=mlp takes any image shape)."
+    fix = (
+        "Pick a model that fits the data (model=mlp takes any image shape) and a prior and "
+        "posterior it takes (docs/models.md, Combinations)."
+    )
     net_shape = OmegaConf.select(cfg, "model.net.image_shape", default=None)
     if isinstance(net_shape, ListConfig):
         net_shape = OmegaConf.to_container(net_shape, resolve=True)
