@@ -3,8 +3,8 @@
 Three ways to train the same VAE (the network ``model=<name>`` builds from
 conf/model/<name>.yaml: mlp, conv or resnet) on Fashion-MNIST (55 000 training images), or
 with ``--data cifar-shaped`` on random uint8 images of CIFAR-10's shape (3x32x32, 50 000 by
-default, ``--num-images``; see random_images.py), dynamically binarized, Adam lr 1e-3,
-gradient norm clipped at 30, as in the default config:
+default, ``--num-images``; see random_images.py), dynamically binarized, Adam lr 1e-3, no
+gradient clipping, as in the default config:
 
   a  a minimal pure PyTorch loop over a preloaded uint8 tensor (the floor);
   b  ``vae_lightning.train.train(cfg)`` with the default config: Lightning, every default
@@ -141,8 +141,6 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
             loss = objective(model, likelihood, x, kl_weight=1.0).loss
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 30.0)
         scaler.step(optimizer)
         scaler.update()
 
@@ -309,6 +307,45 @@ def format_table(results: list[dict[str, Any]], cuda: bool) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def spread(values: list[float], digits: int = 3) -> str:
+    """Median [min-max] of values."""
+    return (
+        f"{statistics.median(values):.{digits}f} "
+        f"[{min(values):.{digits}f}-{max(values):.{digits}f}]"
+    )
+
+
+def format_repeats_table(results: list[dict[str, Any]]) -> str:
+    """Per case: s/epoch and CPU s/epoch, median [min-max] over the repeats, and the ratio to
+    its reference path paired within each repeat (same invocation round), median [min-max]."""
+    header = ["model", "batch", "path", "repeats", "s/epoch", "CPU s/epoch", "paired ratio"]
+    header += ["peak RSS MB"]
+    rows = [header, ["---"] * len(header)]
+    cases: dict[tuple[str, int, str], dict[int, dict[str, Any]]] = {}
+    for r in results:
+        cases.setdefault((r["model"], r["batch_size"], r["path"]), {})[r["repeat"]] = r
+    for (model, batch_size, path), runs in cases.items():
+        ratio = ""
+        ref_path = {"b": "a", "c": "b"}.get(path)
+        ref = cases.get((model, batch_size, ref_path)) if ref_path else None
+        if ref is not None:
+            ratios = [steady(run) / steady(ref[i]) for i, run in runs.items() if i in ref]
+            ratio = f"{path}/{ref_path} = {spread(ratios, 2)}"
+        rows.append(
+            [
+                model,
+                str(batch_size),
+                f"{path}: {PATHS[path]}",
+                str(len(runs)),
+                spread([steady(run) for run in runs.values()]),
+                spread([steady(run, "cpu_seconds") for run in runs.values()]),
+                ratio,
+                f"{max(run['peak_rss_mb'] for run in runs.values()):.0f}",
+            ]
+        )
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
 def machine_line(device: torch.device, args: argparse.Namespace) -> str:
     load = os.getloadavg()
     cpu = platform.processor() or platform.machine()
@@ -385,6 +422,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paths", nargs="+", default=["a", "b", "c"], choices=list(PATHS))
     parser.add_argument("--epochs", type=int, default=4, help="per case; the first is warm-up")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every case this many times, interleaved; report median [min-max] and the "
+        "paired ratio per repeat",
+    )
+    parser.add_argument(
         "--limit-batches", type=int, default=0, help="stop each epoch after N batches (smoke)"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -460,23 +504,31 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for model in args.models:
         for batch_size in args.batch_sizes:
-            for path in args.paths:
-                result = run_case(args, path, model, batch_size)
-                secs = steady(result)
-                print(
-                    f"{model:4} batch {batch_size:5} {path}: {secs:7.3f} s/epoch "
-                    f"{result['images'][-1] / secs:10,.0f} images/s  (epochs: "
-                    + " ".join(f"{s:.3f}" for s in result["seconds"])
-                    + f")  peak RSS {result['peak_rss_mb']:.0f} MB",
-                    flush=True,
-                )
-                results.append(result)
+            for repeat in range(args.repeats):
+                # Interleaved, the order reversed every other repeat: a drift of the machine
+                # (another process, frequency, the host) then falls on every path alike.
+                paths = args.paths if repeat % 2 == 0 else args.paths[::-1]
+                for path in paths:
+                    result = run_case(args, path, model, batch_size)
+                    result["repeat"] = repeat
+                    secs = steady(result)
+                    print(
+                        f"{model:4} batch {batch_size:5} {path} #{repeat}: {secs:7.3f} s/epoch "
+                        f"{result['images'][-1] / secs:10,.0f} images/s  (epochs: "
+                        + " ".join(f"{s:.3f}" for s in result["seconds"])
+                        + f")  peak RSS {result['peak_rss_mb']:.0f} MB",
+                        flush=True,
+                    )
+                    results.append(result)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     print()
     if args.markdown:
         print(f"Command: `{' '.join(['python', *sys.argv])}`\n")
-    print(format_table(results, cuda=device.type == "cuda"))
+    if args.repeats == 1:
+        print(format_table(results, cuda=device.type == "cuda"))
+    else:
+        print(format_repeats_table(results))
     load = os.getloadavg()
     print(f"\n# load average after the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 from vae_lightning.checkpoints import load_checkpoint
 from vae_lightning.config_checks import build_checked_model, check_config
 from vae_lightning.configs import CONFIG_PATH
+from vae_lightning.cuda_probe import skip_nvml_probe_without_gpu
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.hparams import log_hparams
 from vae_lightning.report import write_report_after_training
@@ -86,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = make_trainer(
         callbacks=instantiate_named(cfg.get("callbacks")), logger=loggers or False
     )
+    skip_nvml_probe_without_gpu()  # after the Trainer has looked for GPUs: see cuda_probe.py
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     metrics.update(log_best_monitored_value(trainer))
