@@ -3,8 +3,9 @@
 Three ways to train the same VAE (the network ``model=<name>`` builds from
 conf/model/<name>.yaml: mlp, conv or resnet) on Fashion-MNIST (55 000 training images), or
 with ``--data cifar-shaped`` on random uint8 images of CIFAR-10's shape (3x32x32, 50 000 by
-default, ``--num-images``; see random_images.py), dynamically binarized, Adam lr 1e-3, no
-gradient clipping, as in the default config:
+default, ``--num-images``; see random_images.py), dynamically binarized, the default config's
+optimizer (fused Adam, lr 1e-3; ``--pure-optimizer plain``: torch.optim.Adam's default
+implementation in path a), no gradient clipping, as in the default config:
 
   a  a minimal pure PyTorch loop over a preloaded uint8 tensor (the floor);
   b  ``vae_lightning.train.train(cfg)`` with the default config: Lightning, every default
@@ -116,6 +117,18 @@ def build_net(model: str, image_shape: tuple[int, ...]) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------ path a
+def pure_loop_optimizer(kind: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """config: conf/optimizer/adam.yaml, as vae-train builds it (fused), so a and b differ by
+    the framework alone; plain: ``torch.optim.Adam(lr=1e-3)``, what a hand-written loop gets."""
+    if kind == "plain":
+        return torch.optim.Adam(model.parameters(), lr=1e-3)
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(PROJECT_ROOT / "conf" / "optimizer" / "adam.yaml")
+    return instantiate(config, params=model.parameters())
+
+
 def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from vae_lightning.models.likelihoods import Bernoulli
     from vae_lightning.models.objectives import ELBO
@@ -127,7 +140,7 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
         model.compile()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = pure_loop_optimizer(args.pure_optimizer, model)
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
     generator = torch.Generator().manual_seed(args.seed)
@@ -256,6 +269,7 @@ def run_case(args: argparse.Namespace, path: str, model: str, batch_size: int) -
         f"--data-root={args.data_root}",
         f"--val-size={args.val_size}",
         f"--workers={args.workers}",
+        f"--pure-optimizer={args.pure_optimizer}",
         f"--threads={args.threads}",
         f"--seed={args.seed}",
         *(["--compile"] if args.compile else []),
@@ -441,6 +455,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="model.compile=true everywhere")
     parser.add_argument(
         "--channels-last", action="store_true", help="model.channels_last=true everywhere"
+    )
+    parser.add_argument(
+        "--pure-optimizer",
+        choices=["config", "plain"],
+        default="config",
+        help="path a's optimizer: the default config's (fused Adam; default) or a plain "
+        "torch.optim.Adam(lr=1e-3)",
     )
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers for path c")
     parser.add_argument(
