@@ -4,8 +4,10 @@ Three ways to train the same VAE (the network ``model=<name>`` builds from
 conf/model/<name>.yaml: mlp, conv or resnet) on Fashion-MNIST (55 000 training images), or
 with ``--data cifar-shaped`` on random uint8 images of CIFAR-10's shape (3x32x32, 50 000 by
 default, ``--num-images``; see random_images.py), dynamically binarized, the default config's
-optimizer (fused Adam, lr 1e-3; ``--pure-optimizer plain``: torch.optim.Adam's default
-implementation in path a), no gradient clipping, as in the default config:
+optimizer (fused Adam, lr 1e-3), no gradient clipping, as in the default config. Path a uses
+the project's binarization and optimizer kernels, so a and b differ by the framework alone;
+``--naive-pure-loop`` gives path a torch.bernoulli and torch.optim.Adam's default kernels, as a
+loop written by hand would have:
 
   a  a minimal pure PyTorch loop over a preloaded uint8 tensor (the floor);
   b  ``vae_lightning.train.train(cfg)`` with the default config: Lightning, every default
@@ -117,10 +119,10 @@ def build_net(model: str, image_shape: tuple[int, ...]) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------ path a
-def pure_loop_optimizer(kind: str, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """config: conf/optimizer/adam.yaml, as vae-train builds it (fused), so a and b differ by
-    the framework alone; plain: ``torch.optim.Adam(lr=1e-3)``, what a hand-written loop gets."""
-    if kind == "plain":
+def pure_loop_optimizer(naive: bool, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """conf/optimizer/adam.yaml, as vae-train builds it (fused), so that paths a and b differ
+    by the framework alone; naive: ``torch.optim.Adam(lr=1e-3)``, torch's default kernels."""
+    if naive:
         return torch.optim.Adam(model.parameters(), lr=1e-3)
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -130,6 +132,7 @@ def pure_loop_optimizer(kind: str, model: torch.nn.Module) -> torch.optim.Optimi
 
 
 def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    from vae_lightning.data.datamodule import prepare_images
     from vae_lightning.models.likelihoods import Bernoulli
     from vae_lightning.models.objectives import ELBO
 
@@ -140,7 +143,7 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
         model.compile()
-    optimizer = pure_loop_optimizer(args.pure_optimizer, model)
+    optimizer = pure_loop_optimizer(args.naive_pure_loop, model)
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
     generator = torch.Generator().manual_seed(args.seed)
@@ -149,7 +152,10 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
     def train_step(index: torch.Tensor) -> None:
         # A function, like Lightning's closure: the step's tensors are freed when it returns
         # instead of living on into the next step (which changes CPU allocator behaviour).
-        x = torch.bernoulli(images[index].float().div_(255))
+        if args.naive_pure_loop:
+            x = torch.bernoulli(images[index].float().div_(255))
+        else:  # the project's draw: the same kernels as vae-train
+            x = prepare_images(images[index], fresh_draw=True)
         with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
             loss = objective(model, likelihood, x, kl_weight=1.0).loss
         optimizer.zero_grad(set_to_none=True)
@@ -269,7 +275,7 @@ def run_case(args: argparse.Namespace, path: str, model: str, batch_size: int) -
         f"--data-root={args.data_root}",
         f"--val-size={args.val_size}",
         f"--workers={args.workers}",
-        f"--pure-optimizer={args.pure_optimizer}",
+        *(["--naive-pure-loop"] if args.naive_pure_loop else []),
         f"--threads={args.threads}",
         f"--seed={args.seed}",
         *(["--compile"] if args.compile else []),
@@ -457,11 +463,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--channels-last", action="store_true", help="model.channels_last=true everywhere"
     )
     parser.add_argument(
-        "--pure-optimizer",
-        choices=["config", "plain"],
-        default="config",
-        help="path a's optimizer: the default config's (fused Adam; default) or a plain "
-        "torch.optim.Adam(lr=1e-3)",
+        "--naive-pure-loop",
+        action="store_true",
+        help="path a as written by hand: torch.optim.Adam(lr=1e-3) and torch.bernoulli, not "
+        "the project's fused Adam and binarization kernels",
     )
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers for path c")
     parser.add_argument(

@@ -93,6 +93,20 @@ def test_binarization_statistics():
     assert grey.min() >= 0 and grey.max() <= 1
 
 
+def test_fresh_draw_is_bernoulli_of_each_intensity():
+    """Every uint8 level v is drawn 1 with probability v / 255: 0 never, 255 always."""
+    torch.manual_seed(0)
+    draws = 4000
+    levels = torch.arange(256, dtype=torch.uint8).repeat(draws, 1)
+    fresh = prepare_images(levels, fresh_draw=True)
+    assert fresh.dtype == torch.float32
+    frequency = fresh.mean(dim=0)
+    p = torch.arange(256) / 255
+    sigma = (p * (1 - p) / draws).sqrt()
+    assert torch.all((frequency - p).abs() <= 5 * sigma + 1e-7)
+    assert frequency[0] == 0 and frequency[255] == 1
+
+
 @pytest.mark.parametrize("loader", ["tensor", "torch"])
 def test_loaders_yield_float_ready_batches(idx_root, loader):
     dm = setup_module_on(idx_root, loader=loader, batch_size=32)

