@@ -17,6 +17,7 @@ from helpers.paths import PROJECT_ROOT
 from vae_lightning.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
+    RunDirCheckpoint,
     atomic_torch_save,
     load_checkpoint,
 )
@@ -119,3 +120,14 @@ def test_other_files_are_not_taken_for_checkpoints(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_run_dir_checkpoint_keeps_model_checkpoints_state_key():
+    """Its state is saved under ModelCheckpoint's key (old runs resume their bookkeeping);
+    the key is built once, and still names the monitor and triggers it was built with."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for kwargs in ({"monitor": "val/bound", "mode": "max"}, {"every_n_train_steps": 7}):
+        ours = RunDirCheckpoint(**kwargs)
+        assert ours.state_key == ModelCheckpoint(**kwargs).state_key
+        assert ours.state_key is ours.state_key  # cached, not rebuilt per hook

@@ -148,11 +148,19 @@ class RunDirCheckpoint(ModelCheckpoint):
     them, so the run continues as if it had never moved.
     """
 
+    _state_key: str | None = None
+
     @property
     def state_key(self) -> str:
         # The state is ModelCheckpoint's, stored under its name, so runs saved by plain
         # ModelCheckpoint (vae-lightning 0.1) resume with their bookkeeping, and vice versa.
-        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+        # Built once: its parts are fixed in __init__, and Lightning asks for it on every
+        # hook it calls (six times a training step), each time building a dict's repr.
+        if self._state_key is None:
+            self._state_key = super().state_key.replace(
+                type(self).__qualname__, "ModelCheckpoint", 1
+            )
+        return self._state_key
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("dirpath")
