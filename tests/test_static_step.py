@@ -61,7 +61,9 @@ def run(run_dir: Path, idx_root: Path, overrides: list[str], base: list[str] = R
 
 
 def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    return {tag: written_scalars(run_dir / "tensorboard", tag) for tag in TAGS}
+    """Every write of the train/* tags, by step (a step written twice shows twice; the
+    event files of a run and of its resumed part may be read in either order)."""
+    return {tag: sorted(written_scalars(run_dir / "tensorboard", tag)) for tag in TAGS}
 
 
 def assert_same_training(run_dir: Path, checkpoint: dict, ref_dir: Path, ref: dict) -> None:
