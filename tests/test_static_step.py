@@ -19,7 +19,8 @@ from helpers.events import written_scalars
 from helpers.paths import CONF_DIR
 from helpers.runs import compose_config
 from vae_lightning.errors import ConfigError
-from vae_lightning.static_step import StaticTrainingStep, static_step_problem
+from vae_lightning.lit_module import VAELitModule
+from vae_lightning.static_step import StaticTrainingStep, make_capturable, static_step_problem
 from vae_lightning.train import train
 
 # 500 training images in batches of 48: 10 full batches and one of 20, 11 steps per epoch.
@@ -210,6 +211,35 @@ def test_static_step_is_one_plain_optimizer_step():
         assert not values["train/loss"].requires_grad
     assert all(map(torch.equal, net.parameters(), reference.parameters()))
     assert step.captured_shapes == []  # eager: nothing captured
+
+
+def test_a_graphed_runs_checkpoint_stores_adam_as_configured():
+    """cuda_graph makes Adam capturable (step counters on the GPU); its checkpoints say
+    capturable=False with the counters on the host, as an automatic run writes them, and the
+    live optimizer state, which the graph reads, is left as it is."""
+    module = VAELitModule(
+        net={"_target_": "vae_lightning.models.mlp_vae", "image_shape": [1, 28, 28]},
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3},
+        latent_dim=2,
+        train_step="cuda_graph",
+    )
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    module.net(torch.rand(3, 1, 28, 28)).mu.sum().backward()
+    optimizer.step()
+    make_capturable(optimizer)  # as the graphed step does (on a GPU the counters move there)
+    live_steps = [state["step"] for state in optimizer.state.values()]
+    checkpoint = {"optimizer_states": [optimizer.state_dict()]}
+    module.on_save_checkpoint(checkpoint)
+    saved = checkpoint["optimizer_states"][0]
+    assert all(group["capturable"] is False for group in saved["param_groups"])
+    assert all(group["capturable"] is True for group in optimizer.param_groups)
+    now = [state["step"] for state in optimizer.state.values()]
+    assert all(a is b for a, b in zip(now, live_steps, strict=True))  # the graph's, untouched
+    live_states = list(optimizer.state.values())  # new dicts in the checkpoint, not these
+    assert not any(
+        saved_state is live for saved_state in saved["state"].values() for live in live_states
+    )
+    assert all(state["step"].device.type == "cpu" for state in saved["state"].values())
 
 
 # ------------------------------------------------------------------------ on a GPU

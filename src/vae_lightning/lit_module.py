@@ -311,6 +311,8 @@ class VAELitModule(L.LightningModule):
     # configuration check refuses callbacks that need it).
     def static_step_problem(self) -> str | None:
         """Why this run cannot use its ``train_step`` mode, or None (see static_step.py)."""
+        if self.hparams.train_step == "automatic":
+            return None
         trainer = self.trainer
         before_step = [
             type(callback).__name__

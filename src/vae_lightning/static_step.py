@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vae_lightning.errors import ConfigError
+
 # forward(images, labels) -> (loss, values to report): the loss is back-propagated, the values
 # (detached) are what the step returns.
 ForwardFn = Callable[[Tensor, Tensor | None], tuple[Tensor, Mapping[str, Tensor]]]
@@ -159,8 +161,9 @@ class StaticTrainingStep:
         return captured
 
 
-class StepCaptureError(RuntimeError):
-    """The step could not be captured in a CUDA graph (some op syncs with the host)."""
+class StepCaptureError(ConfigError):
+    """The step could not be captured in a CUDA graph (some op syncs with the host): a
+    setting this mode cannot train, reported like the others (one paragraph, exit 2)."""
 
 
 def _capture_advice(err: RuntimeError) -> str:
