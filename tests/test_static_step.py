@@ -142,6 +142,24 @@ def test_the_nan_guard_is_refused_with_the_override_that_drops_it(tmp_path, idx_
         run(tmp_path, idx_root, ["model.train_step=static_eager"], base=with_guard)
 
 
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("+model.lr_stage_growth=3", "model.lr_stage_growth=0"),
+        ("optimizer=sgd", "optimizer=adam"),
+        ("objective.kl_warmup_steps=10", "objective.kl_warmup_steps=0"),
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2"),
+    ],
+)
+def test_unsupported_settings_are_refused_before_the_first_step(
+    tmp_path, idx_root, override, named
+):
+    with pytest.raises(ConfigError, match="model.train_step=automatic") as info:
+        run(tmp_path, idx_root, ["model.train_step=static_eager", override])
+    assert named in str(info.value)
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
 BASE = dict(
     device_type="cuda",
     world_size=1,

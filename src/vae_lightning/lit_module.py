@@ -326,7 +326,7 @@ class VAELitModule(L.LightningModule):
             precision=str(trainer.precision),
             accumulate_grad_batches=trainer.accumulate_grad_batches,
             optimizer_target=optimizer_path(self.hparams.optimizer),
-            lr_scheduled=bool(self.hparams.lr_stage_growth),
+            lr_scheduled=bool(self.hparams.lr_stage_growth or trainer.lr_scheduler_configs),
             objective_supported=type(self.objective) in (ELBO, IWAE),
             kl_schedule_active=self.objective.schedule.active,
             compiled=self.hparams.compile,
@@ -368,11 +368,13 @@ class VAELitModule(L.LightningModule):
 
         return StaticTrainingStep(forward, optimizer, clip=clip, capture=capture)
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure=None):
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
         if self.hparams.train_step == "automatic":
-            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
         optimizer_closure()  # training_step: the whole step, optimizer step included
-        return None
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
         if self.hparams.train_step == "automatic":
