@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import initialize_config_dir
@@ -67,6 +68,16 @@ def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted(written_scalars(run_dir / "tensorboard", tag)) for tag in TAGS}
 
 
+class CapturedShapes(L.Callback):
+    """Records which batch shapes the graphed step replays from a graph (added with
+    ``+callbacks.shapes._target_=test_static_step.CapturedShapes``)."""
+
+    seen: list[list[tuple]] = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        CapturedShapes.seen.append(pl_module._static_step.captured_shapes)
+
+
 def assert_same_training(run_dir: Path, checkpoint: dict, ref_dir: Path, ref: dict) -> None:
     assert checkpoint["global_step"] == ref["global_step"]
     assert checkpoint["loops"] == ref["loops"]  # progress counters, loader position
@@ -93,7 +104,10 @@ def automatic_runs(tmp_path_factory, idx_root) -> dict[str, tuple[Path, dict]]:
 def test_static_eager_step_equals_automatic_optimization(
     tmp_path, idx_root, automatic_runs, setting
 ):
-    checkpoint = run(tmp_path, idx_root, [*SETTINGS[setting], "model.train_step=static_eager"])
+    record = "+callbacks.shapes._target_=test_static_step.CapturedShapes"
+    overrides = [*SETTINGS[setting], "model.train_step=static_eager", record]
+    checkpoint = run(tmp_path, idx_root, overrides)
+    assert CapturedShapes.seen[-1] == []  # eager: nothing captured
     ref_dir, ref = automatic_runs[setting]
     assert ref["global_step"] == 2 * STEPS_PER_EPOCH
     # Written every log_every_n_steps optimizer steps, at the same steps as automatic.
@@ -280,8 +294,11 @@ def test_cuda_graph_step_equals_automatic_optimization_on_a_gpu(tmp_path, idx_ro
     # 4 epochs: the last partial batch runs 3 times eagerly, then from its own graph.
     more = [*GPU, "trainer.max_epochs=4"]
     ref = run(tmp_path / "automatic", idx_root, more)
-    graphed = run(tmp_path / "graphed", idx_root, [*more, "model.train_step=cuda_graph"])
+    record = ["+callbacks.shapes._target_=test_static_step.CapturedShapes"]
+    graphed = run(tmp_path / "graphed", idx_root, [*more, *record, "model.train_step=cuda_graph"])
     assert graphed["global_step"] == 4 * STEPS_PER_EPOCH
+    full, last = ((48, 1, 28, 28), None), ((20, 1, 28, 28), None)
+    assert CapturedShapes.seen[-1] == [full, last]  # replayed, not silently eager
     assert_same_training(tmp_path / "graphed", graphed, tmp_path / "automatic", ref)
 
 
