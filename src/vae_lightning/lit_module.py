@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -19,12 +19,20 @@ from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import bits_per_dim, iwae_log_likelihood
 from vae_lightning.models.likelihoods import Likelihood
 from vae_lightning.models.objectives import (
+    ELBO,
+    IWAE,
     ELBOTerms,
     Objective,
     Posterior,
     decoder_log_likelihood,
 )
 from vae_lightning.models.vae import VAE, VAEOutput
+from vae_lightning.static_step import (
+    StaticTrainingStep,
+    make_capturable,
+    optimizer_path,
+    static_step_problem,
+)
 
 EVAL_STAGES = ("val", "test")
 TERMS = tuple(name for name in ELBOTerms._fields if name != "extras")  # loss rec kl elbo bound
@@ -37,6 +45,15 @@ BERNOULLI = {"_target_": "vae_lightning.models.likelihoods.Bernoulli"}
 PLAIN_ELBO = {"_target_": "vae_lightning.models.objectives.ELBO"}
 STANDARD_PRIOR = {"_target_": "vae_lightning.models.priors.StandardNormal"}
 GAUSSIAN_POSTERIOR = {"_target_": "vae_lightning.models.posteriors.GaussianPosterior"}
+
+
+def train_values(terms: ELBOTerms) -> dict[str, Tensor]:
+    """The terms a training step reports, as ``train/<name>``."""
+    return {
+        f"train/{name}": value
+        for name, value in terms.by_name().items()
+        if name in TRAIN_TERMS or name in terms.extras
+    }
 
 
 class VAELitModule(L.LightningModule):
@@ -69,6 +86,13 @@ class VAELitModule(L.LightningModule):
             at the optimizer's learning rate times ``lr_stage_decay``^i, for
             ``lr_num_stages`` stages, then held (Burda et al. 2016: 3, 10^(-1/7), 8);
             0 keeps the learning rate constant.
+        train_step: how a training step runs. ``automatic`` (default): Lightning's automatic
+            optimization. ``cuda_graph``: the whole step (forward, loss, backward, clipping,
+            Adam's step) is captured once in a CUDA graph and replayed, with no Python
+            between its kernels (one GPU; static_step.py says what it supports and why).
+            ``static_eager``: the same step, from the same code, run op by op on any device:
+            the same numbers as ``automatic`` (tested), for tests and for debugging a graph.
+            Step counts, logs, checkpoints and resume are those of ``automatic``.
     """
 
     def __init__(
@@ -88,6 +112,7 @@ class VAELitModule(L.LightningModule):
         lr_stage_growth: NonNegativeInt = 0,
         lr_stage_decay: PositiveFloat = 1.0,
         lr_num_stages: PositiveInt = 8,
+        train_step: Literal["automatic", "static_eager", "cuda_graph"] = "automatic",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -117,6 +142,7 @@ class VAELitModule(L.LightningModule):
         self.test_posterior_means = CatMetric()  # E_q[z|x] of every test image, for active units
         self.last_train_values: dict[str, Tensor] = {}  # train/* of the latest training step
         self._checkpoint_step: int | None = None  # set when weights come from a checkpoint
+        self._static_step: StaticTrainingStep | None = None  # built at the first train step
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> VAEOutput:
         return self.net(x, labels)
@@ -166,6 +192,10 @@ class VAELitModule(L.LightningModule):
         self._checkpoint_step = int(checkpoint.get("global_step", 0))
 
     def on_fit_start(self) -> None:
+        self._static_step = None  # a new fit may bring a new optimizer
+        problem = self.static_step_problem()
+        if problem:
+            raise ConfigError(problem)
         # The data module's training split, where it exposes one (objective.dataset_size).
         splits = getattr(self.trainer.datamodule, "splits", None) or {}
         if "train" in splits:
@@ -229,11 +259,7 @@ class VAELitModule(L.LightningModule):
         logged = terms.by_name()
         if stage == "train":
             # Per-step values of this rank; no device sync until the logger flushes.
-            values = {
-                f"train/{name}": value.detach()
-                for name, value in logged.items()
-                if name in TRAIN_TERMS or name in terms.extras
-            }
+            values = {name: value.detach() for name, value in train_values(terms).items()}
             self.last_train_values = values  # logged or not (the NaN guard names the culprit)
             if self._writes_step_logs():
                 if self.objective.schedule.active:
@@ -270,7 +296,109 @@ class VAELitModule(L.LightningModule):
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        if self.hparams.train_step != "automatic":
+            return self._static_training_step(batch)
         return self._shared_step(batch, "train")
+
+    # ------------------------------------------------ train_step=static_eager / cuda_graph
+    # Lightning's automatic optimization stays in charge of the loop, so global_step, the
+    # progress counters in checkpoints, the on_before/after_backward hooks and the outputs of
+    # training_step are those of `automatic`. Its loop calls optimizer_step(closure); the
+    # closure calls training_step, then zero_grad and backward on the returned loss. Here
+    # training_step runs the whole step (StaticTrainingStep: zero_grad, forward, backward,
+    # clipping, optimizer step, one graph replay on a GPU), and the three other hooks do
+    # nothing. Not run: on_before_optimizer_step (the optimizer step is inside the graph; the
+    # configuration check refuses callbacks that need it).
+    def static_step_problem(self) -> str | None:
+        """Why this run cannot use its ``train_step`` mode, or None (see static_step.py)."""
+        if self.hparams.train_step == "automatic":
+            return None
+        trainer = self.trainer
+        before_step = [
+            type(callback).__name__
+            for callback in trainer.callbacks
+            if type(callback).on_before_optimizer_step is not L.Callback.on_before_optimizer_step
+        ]
+        return static_step_problem(
+            self.hparams.train_step,
+            device_type=self.device.type,
+            world_size=trainer.world_size,
+            precision=str(trainer.precision),
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            optimizer_target=optimizer_path(self.hparams.optimizer),
+            lr_scheduled=bool(self.hparams.lr_stage_growth or trainer.lr_scheduler_configs),
+            objective_supported=type(self.objective) in (ELBO, IWAE),
+            kl_schedule_active=self.objective.schedule.active,
+            compiled=self.hparams.compile,
+            optimizer_step_hooks=before_step,
+        )
+
+    def _static_training_step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        images, labels = batch[0], self.batch_labels(batch)
+        if self._static_step is None:
+            self._static_step = self._build_static_step()
+        values = self._static_step(images, labels)  # graphed: overwritten by the next replay
+        self.last_train_values = dict(values)
+        if self._writes_step_logs():
+            # Copies: the logger reads them after this step, callback_metrics keeps them.
+            logged = {name: value.clone() for name, value in values.items()}
+            self.log_dict(logged, on_step=True, on_epoch=False, batch_size=len(images))
+        return values["train/loss"]
+
+    def _build_static_step(self) -> StaticTrainingStep:
+        trainer = self.trainer
+        optimizer = trainer.optimizers[0]
+        capture = self.hparams.train_step == "cuda_graph"
+        if capture:
+            make_capturable(optimizer)  # also after a checkpoint restored the optimizer
+        # A constant: static_step_problem refuses KL schedules and objectives with a schedule
+        # of their own (ELBO and IWAE do not read the step).
+        kl_weight = self.kl_weight
+
+        def forward(images: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+            terms = self.objective(self.net, self.likelihood, images, kl_weight, labels=labels)
+            return terms.loss, train_values(terms)
+
+        def clip() -> None:  # as Lightning's precision plugin calls it, with its settings
+            self.configure_gradient_clipping(
+                optimizer,
+                gradient_clip_val=trainer.gradient_clip_val,
+                gradient_clip_algorithm=trainer.gradient_clip_algorithm,
+            )
+
+        return StaticTrainingStep(forward, optimizer, clip=clip, capture=capture)
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        if self.hparams.train_step == "automatic":
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        optimizer_closure()  # training_step: the whole step, optimizer step included
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        if self.hparams.train_step == "automatic":
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self.hparams.train_step == "automatic":
+            super().backward(loss, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A graphed run's checkpoint as an automatic run writes it: Adam's ``capturable``
+        as configured and its step counters on the host (copies: the live state is the
+        graph's), so it resumes anywhere, in either mode."""
+        if self.hparams.train_step != "cuda_graph":
+            return
+        configured = bool(self.hparams.optimizer.get("capturable", False))
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group["capturable"] = configured
+            if not configured:
+                state["state"] = {
+                    index: {**values, "step": values["step"].cpu()} if "step" in values else values
+                    for index, values in state["state"].items()
+                }
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
