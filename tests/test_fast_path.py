@@ -15,7 +15,7 @@ from vae_lightning.callbacks import NonFiniteLossError
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models.likelihoods import Bernoulli
 from vae_lightning.models.objectives import ELBO, IWAE
-from vae_lightning.train import instantiate_named, train
+from vae_lightning.train import instantiate_named, model_from_config, train
 
 QUIET = ["~callbacks.progress_bar", "~callbacks.images", "~logger", "test=false"]
 
@@ -105,6 +105,36 @@ def test_bf16_mixed_training_runs_end_to_end(compose_train):
     metrics = train(compose_train(["debug=fast", "trainer.precision=bf16-mixed", *QUIET]))
     assert torch.isfinite(torch.tensor(metrics["val/elbo"]))
     assert metrics["val/elbo"] == pytest.approx(-(metrics["val/rec"] + metrics["val/kl"]))
+
+
+class OptimizerKernel(L.Callback):
+    """Records whether the optimizer Lightning trains with runs the fused kernels."""
+
+    fused: bool | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.fused = trainer.optimizers[0].defaults.get("fused")
+
+
+@pytest.mark.parametrize(
+    ("precision", "clip", "fused"),
+    [("32-true", None, True), ("32-true", 1.0, True), ("bf16-mixed", 1.0, False)],
+)
+def test_fused_optimizer_unless_lightning_cannot_clip_it(compose_train, precision, clip, fused):
+    """The default optimizer is fused; under mixed precision with clipping Lightning refuses a
+    fused optimizer ("performs unscaling of gradients internally"), so that run trains on the
+    unfused kernels instead of failing."""
+    overrides = ["debug=fast", f"trainer.precision={precision}", *QUIET]
+    cfg = compose_train([*overrides, f"trainer.gradient_clip_val={clip or 'null'}"])
+    kernel = OptimizerKernel()
+    model = model_from_config(cfg)
+    datamodule = instantiate(cfg.data)
+    trainer = instantiate(cfg.trainer, _partial_=True)(
+        callbacks=[kernel], logger=False, enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == trainer.num_training_batches > 0
+    assert kernel.fused is fused
 
 
 @pytest.mark.parametrize("objective", ["elbo", "iwae"])
