@@ -300,7 +300,7 @@ def test_vae_eval_reports_log_p_x_given_y(cvae_run, tmp_path, capsys):
                     f"paths.output_dir={tmp_path}",
                     f"paths.log_dir={tmp_path}",
                     "eval.progress_bar=false",
-                    "eval.iwae_k=100",
+                    f"eval.iwae_k={cvae_run.cfg.test_iwae_k}",  # as the run's test
                     "eval.batch_size=1000",
                 ],
             )

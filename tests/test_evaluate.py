@@ -28,6 +28,8 @@ TEST_IMAGES = 200  # in the generated test split (helpers.data.write_dataset)
 def trained_run(tmp_path_factory, idx_root) -> Path:
     """A one-epoch run, laid out by train() as vae-train's: .hydra/, checkpoints/, tensorboard/."""
     overrides = ["debug=fast", "~callbacks.progress_bar", "~callbacks.images"]
+    # k=100 as a real run's test (debug=fast uses 10), the k that vae-eval reproduces below
+    overrides.append("test_iwae_k=100")
     run_dir = train_run(tmp_path_factory.mktemp("run"), idx_root, overrides).dir
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     return run_dir

@@ -28,6 +28,7 @@ from vae_lightning.report import write_report_after_training
 from vae_lightning.run_dir import accepts_resume, requeued_checkpoint, save_run_record
 from vae_lightning.run_layout import event_folders
 from vae_lightning.seeding import seed_everything
+from vae_lightning.startup import freeze_imported_objects
 from vae_lightning.sweeps import in_multirun, multirun_job, record_failure
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     return metrics[name]
 
 
+@freeze_imported_objects  # the imports' objects: not scanned by the GC, not freed at exit
 @accepts_resume  # vae-train resume=<run dir or checkpoint>: see run_dir.py
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @report_user_errors("vae-train")  # bad input: its paragraph on stderr, exit status 2
