@@ -1,0 +1,151 @@
+"""log p(x|z) of a Bernoulli decoder whose last layer is Linear: the IWAE estimator's fast path.
+
+``Bernoulli.log_prob`` sums x_j l_j - softplus(l_j) over the P pixels of the logits
+l = W h + b, h being the decoder's last hidden layer (H units). For k samples per image two
+identities remove most of the work that is not the decoder's matrix products:
+
+- sum_j x_j l_j = h . (W^T x) + b . x, for any x: W^T x and b . x are one small matrix
+  product per image, then each sample costs a dot product of length H instead of a pass over
+  its P logits;
+- sum_j softplus(l_j) = sum_j max(l_j, 0) + log prod_j (1 + exp(-|l_j|)), the product taken
+  over groups of at most ``MAX_GROUP`` pixels: each factor is in (1, 2], so a group's product
+  stays below 2^120, inside float32's range. One exp per pixel and one log per group, where
+  softplus costs an exp and a log1p per pixel; the rounding of the products (at most G
+  float32 roundings per group) is of the order of that of the float32 sums over the pixels.
+
+The logits of ``SUB_BLOCK_ROWS`` decoder rows are made and consumed together, so they stay in
+cache (the estimator's chunks, ``chunk_rows``, bound memory; these bound cache traffic), and on
+a CPU the readout is one fused loop (torch.compile) once a batch has enough samples to repay
+the compilation. The numbers are those of ``decoder_log_likelihood`` up to float32 rounding
+(tested against torch.distributions in float64); everything else (models whose ``decode`` is
+not the plain decoder, other decoders or likelihoods, labels) keeps the generic path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vae_lightning.models.decoders import MLPDecoder
+from vae_lightning.models.likelihoods import Bernoulli, Likelihood
+from vae_lightning.models.vae import VAE
+
+# Decoder rows whose logits are made and summed at a time: 2048 x 784 float32 logits are
+# 6.4 MB, inside the L3 cache of a server CPU; larger blocks spill to memory and smaller ones
+# pay more per-operation overhead (measured on a 2-core EPYC: docs/speed.md, "Evaluation").
+SUB_BLOCK_ROWS = 2048
+# At most this many factors (1 + exp(-|l|)) <= 2 multiply into one group: 2^120 < 2^128.
+MAX_GROUP = 120
+# torch.compile of the readout costs a few seconds per process; it is used on a CPU when one
+# batch decodes at least this many rows (k samples x B images), where it saves more than that.
+COMPILE_MIN_ROWS = 2**18
+
+
+def group_size(num_pixels: int) -> int:
+    """The largest divisor of ``num_pixels`` that is at most ``MAX_GROUP``: pixels per product."""
+    return max(g for g in range(1, MAX_GROUP + 1) if num_pixels % g == 0)
+
+
+def softplus_sum(logits: Tensor, group: int) -> Tensor:
+    """sum_j softplus(l_j) over the last dimension, with one exp per logit and one log per
+    ``group`` logits (module docstring): (..., P) -> (...)."""
+    factors = 1 + torch.exp(-logits.abs())
+    log_products = factors.unflatten(-1, (-1, group)).prod(dim=-1).log()
+    return logits.clamp(min=0).sum(dim=-1) + log_products.sum(dim=-1)
+
+
+def readout_log_likelihood(
+    hidden: Tensor, weight: Tensor, bias: Tensor, x_weight: Tensor, x_bias: Tensor, group: int
+) -> Tensor:
+    """log p(x|z) from the last hidden layer ``hidden`` (n, B, H) of the decoder, its Linear
+    readout (``weight`` (P, H), ``bias`` (P,)) and the images' W^T x (B, H) and b . x (B,):
+    (n, B)."""
+    logits = F.linear(hidden, weight, bias)
+    return (hidden * x_weight).sum(dim=-1) + x_bias - softplus_sum(logits, group)
+
+
+class LinearBernoulliLogLikelihood:
+    """log p(x|z) of ``net``'s decoder under a Bernoulli likelihood, for z of shape (n, B, D)
+    against x (B, C, H, W): the same numbers as ``decoder_log_likelihood``, faster.
+
+    Build it with :meth:`of`, which returns None where the identities do not describe the
+    model (then use the generic path).
+    """
+
+    def __init__(self, decoder: MLPDecoder, compile_readout: bool = False) -> None:
+        self.hidden_layers = decoder.body[:-2]
+        self.readout: nn.Linear = decoder.body[-2]
+        self.group = group_size(self.readout.out_features)
+        self.readout_fn: Callable[..., Tensor] = readout_log_likelihood
+        if compile_readout:
+            self.readout_fn = torch.compile(readout_log_likelihood)
+        self.images: Tensor | None = None  # the x whose W^T x and b . x are cached
+        self.image_terms: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
+
+    @classmethod
+    def of(
+        cls,
+        net: nn.Module,
+        likelihood: Likelihood,
+        labels: Tensor | None = None,
+        samples_per_batch: int = 0,
+    ) -> LinearBernoulliLogLikelihood | None:
+        """The fast log p(x|z) of ``net`` and ``likelihood``, or None where it does not apply:
+        only a Bernoulli likelihood, a model whose ``decode`` is the plain ``VAE.decode`` (no
+        labels) with an ``MLPDecoder`` ending in Linear, and float32 or float64 weights.
+        ``samples_per_batch`` (k x B) decides whether the readout is compiled (CPU only)."""
+        if type(likelihood) is not Bernoulli or labels is not None:
+            return None
+        if not isinstance(net, VAE) or type(net).decode is not VAE.decode:
+            return None
+        decoder = net.decoder
+        if not isinstance(decoder, MLPDecoder) or not isinstance(decoder.body[-2], nn.Linear):
+            return None
+        weight = decoder.body[-2].weight
+        if weight.dtype not in (torch.float32, torch.float64) or weight.device.type == "meta":
+            return None
+        compile_readout = weight.device.type == "cpu" and samples_per_batch >= COMPILE_MIN_ROWS
+        return cls(decoder, compile_readout)
+
+    def terms_of(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """W^T x (B, H) and b . x (B,) of the images, computed once per batch."""
+        if x is not self.images:
+            flat = x.flatten(1).to(self.readout.weight.dtype)
+            self.image_terms = (flat @ self.readout.weight, flat @ self.readout.bias)
+            self.images = x
+        return self.image_terms
+
+    def run_readout(self, *args: Tensor | int) -> Tensor:
+        """The (compiled, if chosen) readout; falls back to eager ops, with a warning, if
+        compiling fails (e.g. no C++ compiler): the numbers are the same."""
+        try:
+            return self.readout_fn(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: the eager ops remain
+            if self.readout_fn is readout_log_likelihood:
+                raise
+            warnings.warn(
+                f"torch.compile of the IWAE readout failed ({type(error).__name__}: {error}); "
+                "evaluating with eager ops (same numbers, slower).",
+                stacklevel=2,
+            )
+            self.readout_fn = readout_log_likelihood
+            return self.readout_fn(*args)
+
+    @torch.no_grad()
+    def __call__(self, z: Tensor, x: Tensor) -> Tensor:
+        x_weight, x_bias = self.terms_of(x)
+        n, batch = z.shape[:2]
+        dtype = self.readout.weight.dtype
+        out = torch.empty(n, batch, dtype=dtype, device=z.device)
+        per_block = max(1, SUB_BLOCK_ROWS // batch)
+        for start in range(0, n, per_block):
+            block = z[start : start + per_block]
+            hidden = self.hidden_layers(block.flatten(0, 1).to(dtype)).unflatten(0, (-1, batch))
+            out[start : start + per_block] = self.run_readout(
+                hidden, self.readout.weight, self.readout.bias, x_weight, x_bias, self.group
+            )
+        return out
