@@ -126,11 +126,10 @@ def eval_seconds(ckpt: Path, images: int, k: int, workdir: Path) -> dict[str, fl
     if proc.returncode:
         raise SystemExit(f"vae-eval failed:\n{proc.stderr[-3000:]}")
     result = json.loads((run_dir / "eval.json").read_text())
-    metrics = result.get("metrics", result)
     return {
-        "seconds": float(result.get("seconds", metrics.get("seconds"))),
+        "seconds": float(result["seconds"]),
         "wall": wall,
-        "nll": float(metrics.get("test/nll_iwae", "nan")),
+        "nll": float(result.get("test/nll_iwae", "nan")),
     }
 
 

@@ -95,13 +95,13 @@ def test_iwae_estimate_unchanged_by_the_shortcut():
     torch.testing.assert_close(estimate(fast), generic, atol=2e-3, rtol=0)
 
 
-def test_compiled_readout_gives_the_eager_numbers_under_inference_mode():
+def test_compiled_blocks_give_the_eager_numbers_under_inference_mode():
     """The torch.compile'd readout (CPU, as vae-eval runs it under Lightning's inference
     mode) computes the same numbers; blocks of two sizes (a full one and the remainder)."""
     net = wide_logit_mlp((1, 28, 28))
     decoder = net.decoder
     eager = LinearBernoulliLogLikelihood(decoder)
-    compiled = LinearBernoulliLogLikelihood(decoder, compile_readout=True)
+    compiled = LinearBernoulliLogLikelihood(decoder, compile_blocks=True)
     batch = 16
     with torch.inference_mode():
         z, x = (

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vae_lightning.models.decoders import MLPDecoder
@@ -52,19 +51,36 @@ def group_size(num_pixels: int) -> int:
 
 def softplus_sum(logits: Tensor, group: int) -> Tensor:
     """sum_j softplus(l_j) over the last dimension, with one exp per logit and one log per
-    ``group`` logits (module docstring): (..., P) -> (...)."""
-    factors = 1 + torch.exp(-logits.abs())
-    log_products = factors.unflatten(-1, (-1, group)).prod(dim=-1).log()
-    return logits.clamp(min=0).sum(dim=-1) + log_products.sum(dim=-1)
+    ``group`` logits (module docstring): (..., P) -> (...). Both sums run over the same
+    groups, so that compiled they are one loop over the logits."""
+    grouped = logits.unflatten(-1, (-1, group))
+    products = (1 + torch.exp(-grouped.abs())).prod(dim=-1)
+    return (grouped.clamp(min=0).sum(dim=-1) + products.log()).sum(dim=-1)
 
 
-def readout_log_likelihood(
-    hidden: Tensor, weight: Tensor, bias: Tensor, x_weight: Tensor, x_bias: Tensor, group: int
+def affine(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """h W^T + b as a matrix product and an addition: compiled, the addition fuses into the
+    pass that reads the product (``F.linear`` first copies b into every output row)."""
+    return torch.matmul(h, weight.T) + bias
+
+
+def block_log_likelihood(
+    hidden_layers: nn.Sequential,
+    z: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    x_weight: Tensor,
+    x_bias: Tensor,
+    group: int,
 ) -> Tensor:
-    """log p(x|z) from the last hidden layer ``hidden`` (n, B, H) of the decoder, its Linear
-    readout (``weight`` (P, H), ``bias`` (P,)) and the images' W^T x (B, H) and b . x (B,):
-    (n, B)."""
-    logits = F.linear(hidden, weight, bias)
+    """log p(x|z) for codes z (n, B, D): the decoder's hidden layers, then its Linear readout
+    (``weight`` (P, H), ``bias`` (P,)) summed against the images through their W^T x (B, H)
+    and b . x (B,): (n, B)."""
+    hidden = z
+    for layer in hidden_layers:
+        is_linear = isinstance(layer, nn.Linear)
+        hidden = affine(hidden, layer.weight, layer.bias) if is_linear else layer(hidden)
+    logits = affine(hidden, weight, bias)
     return (hidden * x_weight).sum(dim=-1) + x_bias - softplus_sum(logits, group)
 
 
@@ -76,13 +92,13 @@ class LinearBernoulliLogLikelihood:
     model (then use the generic path).
     """
 
-    def __init__(self, decoder: MLPDecoder, compile_readout: bool = False) -> None:
-        self.hidden_layers = decoder.body[:-2]
+    def __init__(self, decoder: MLPDecoder, compile_blocks: bool = False) -> None:
+        self.hidden_layers = decoder.body[:-2]  # a Sequential: Linear, activation, ...
         self.readout: nn.Linear = decoder.body[-2]
         self.group = group_size(self.readout.out_features)
-        self.readout_fn: Callable[..., Tensor] = readout_log_likelihood
-        if compile_readout:
-            self.readout_fn = torch.compile(readout_log_likelihood)
+        self.block_fn: Callable[..., Tensor] = block_log_likelihood
+        if compile_blocks:
+            self.block_fn = torch.compile(block_log_likelihood)
         self.images: Tensor | None = None  # the x whose W^T x and b . x are cached
         self.image_terms: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
 
@@ -105,11 +121,13 @@ class LinearBernoulliLogLikelihood:
         decoder = net.decoder
         if not isinstance(decoder, MLPDecoder) or not isinstance(decoder.body[-2], nn.Linear):
             return None
+        if any(isinstance(m, nn.Linear) and m.bias is None for m in decoder.modules()):
+            return None
         weight = decoder.body[-2].weight
         if weight.dtype not in (torch.float32, torch.float64) or weight.device.type == "meta":
             return None
-        compile_readout = weight.device.type == "cpu" and samples_per_batch >= COMPILE_MIN_ROWS
-        return cls(decoder, compile_readout)
+        compile_blocks = weight.device.type == "cpu" and samples_per_batch >= COMPILE_MIN_ROWS
+        return cls(decoder, compile_blocks)
 
     def terms_of(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """W^T x (B, H) and b . x (B,) of the images, computed once per batch."""
@@ -119,33 +137,34 @@ class LinearBernoulliLogLikelihood:
             self.images = x
         return self.image_terms
 
-    def run_readout(self, *args: Tensor | int) -> Tensor:
-        """The (compiled, if chosen) readout; falls back to eager ops, with a warning, if
+    def run_block(self, z: Tensor, x_weight: Tensor, x_bias: Tensor) -> Tensor:
+        """The (compiled, if chosen) block; falls back to eager ops, with a warning, if
         compiling fails (e.g. no C++ compiler): the numbers are the same."""
+        args = (z, self.readout.weight, self.readout.bias, x_weight, x_bias, self.group)
         try:
-            return self.readout_fn(*args)
+            return self.block_fn(self.hidden_layers, *args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: the eager ops remain
-            if self.readout_fn is readout_log_likelihood:
+            if self.block_fn is block_log_likelihood:
                 raise
             warnings.warn(
-                f"torch.compile of the IWAE readout failed ({type(error).__name__}: {error}); "
-                "evaluating with eager ops (same numbers, slower).",
+                f"torch.compile of the IWAE decoder blocks failed ({type(error).__name__}: "
+                f"{error}); evaluating with eager ops (same numbers, slower).",
                 stacklevel=2,
             )
-            self.readout_fn = readout_log_likelihood
-            return self.readout_fn(*args)
+            self.block_fn = block_log_likelihood
+            return self.block_fn(self.hidden_layers, *args)
 
     @torch.no_grad()
     def __call__(self, z: Tensor, x: Tensor) -> Tensor:
         x_weight, x_bias = self.terms_of(x)
         n, batch = z.shape[:2]
-        dtype = self.readout.weight.dtype
-        out = torch.empty(n, batch, dtype=dtype, device=z.device)
-        per_block = max(1, SUB_BLOCK_ROWS // batch)
-        for start in range(0, n, per_block):
-            block = z[start : start + per_block]
-            hidden = self.hidden_layers(block.flatten(0, 1).to(dtype)).unflatten(0, (-1, batch))
-            out[start : start + per_block] = self.run_readout(
-                hidden, self.readout.weight, self.readout.bias, x_weight, x_bias, self.group
-            )
-        return out
+        z = z.to(self.readout.weight.dtype)
+        # Blocks of equal size (none left with a few rows), each at most SUB_BLOCK_ROWS rows.
+        blocks = -(-n * batch // SUB_BLOCK_ROWS)
+        per_block = -(-n // blocks)
+        return torch.cat(
+            [
+                self.run_block(z[start : start + per_block], x_weight, x_bias)
+                for start in range(0, n, per_block)
+            ]
+        )
