@@ -19,10 +19,11 @@ from vae_lightning.models.objectives import decoder_log_likelihood
 from vae_lightning.models.vae import conv_vae, mlp_vae
 
 
-def wide_logit_mlp(image_shape, dtype=torch.float32, seed=0):
+def wide_logit_mlp(image_shape, dtype=torch.float32, hidden_dims=(16,), activation="relu"):
     """An MLP VAE whose logits reach far past softplus's linear regime (|l| up to ~60)."""
-    torch.manual_seed(seed)
-    net = mlp_vae(image_shape, latent_dim=4, hidden_dims=(16,)).to(dtype)
+    torch.manual_seed(0)
+    net = mlp_vae(image_shape, latent_dim=4, hidden_dims=hidden_dims, activation=activation)
+    net = net.to(dtype)
     readout = net.decoder.body[-2]
     with torch.no_grad():
         readout.weight.mul_(8)
@@ -42,11 +43,15 @@ def binary_images(batch, image_shape, seed=1):
     return (torch.rand(batch, *image_shape, generator=g) < 0.3).float()
 
 
-@pytest.mark.parametrize("image_shape", [(1, 28, 28), (1, 11, 13), (2, 5, 7)])
-def test_float64_equals_torch_distributions_to_rounding(image_shape):
+@pytest.mark.parametrize(
+    ("image_shape", "hidden_dims", "activation"),
+    [((1, 28, 28), (16,), "relu"), ((1, 11, 13), (16, 8), "tanh"), ((2, 5, 7), (), "elu")],
+)
+def test_float64_equals_torch_distributions_to_rounding(image_shape, hidden_dims, activation):
     """In float64 the identities leave nothing but rounding: 1e-9 nats. Several decoder blocks
-    (n x B above SUB_BLOCK_ROWS) and pixel counts whose groups are 112, 13 and 70 pixels."""
-    net = wide_logit_mlp(image_shape, torch.float64)
+    (n x B above SUB_BLOCK_ROWS), pixel counts whose groups are 112, 13 and 70 pixels, and
+    decoders with one, two and no hidden layers."""
+    net = wide_logit_mlp(image_shape, torch.float64, hidden_dims, activation)
     batch = 3
     n = SUB_BLOCK_ROWS // batch + 5
     z = torch.randn(n, batch, 4, dtype=torch.float64)
