@@ -25,6 +25,7 @@ float32 (and float64) CPUs without native bf16 arithmetic, where bf16 would not 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -89,6 +90,16 @@ def block_log_likelihood(
     return (hidden * x_weight).sum(dim=-1) + x_bias - softplus_sum(logits, group)
 
 
+@functools.cache
+def compiled_block_log_likelihood() -> Callable[..., Tensor]:
+    """One torch.compile of :func:`block_log_likelihood` per process: each test batch builds
+    its own :class:`LinearBernoulliLogLikelihood`, and a new ``torch.compile`` wrapper per
+    batch would trace and compile again (and hit dynamo's recompile limit)."""
+    # dynamic: the blocks' sample count and the batch size vary (the last block of a chunk,
+    # the last batch); one symbolic compile instead of one per shape.
+    return torch.compile(block_log_likelihood, dynamic=True)
+
+
 class LinearBernoulliLogLikelihood:
     """log p(x|z) of ``net``'s decoder under a Bernoulli likelihood, for z of shape (n, B, D)
     against x (B, C, H, W): the same numbers as ``decoder_log_likelihood``, faster.
@@ -107,7 +118,7 @@ class LinearBernoulliLogLikelihood:
         self.group = group_size(self.readout.out_features)
         self.block_fn: Callable[..., Tensor] = block_log_likelihood
         if compile_blocks:
-            self.block_fn = torch.compile(block_log_likelihood)
+            self.block_fn = compiled_block_log_likelihood()
         self.images: Tensor | None = None  # the x whose W^T x and b . x are cached
         self.image_terms: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
 
@@ -185,9 +196,11 @@ class LinearBernoulliLogLikelihood:
         # Blocks of equal size (none left with a few rows), each at most SUB_BLOCK_ROWS rows.
         blocks = -(-n * batch // SUB_BLOCK_ROWS)
         per_block = -(-n // blocks)
+        # Each block is copied (20 floats a row): a view's storage offset would be one more
+        # thing the compiled code is specialised and recompiled for.
         return torch.cat(
             [
-                self.run_block(z[start : start + per_block], x_weight, x_bias)
+                self.run_block(z[start : start + per_block].clone(), x_weight, x_bias)
                 for start in range(0, n, per_block)
             ]
         )
