@@ -18,6 +18,7 @@ from vae_lightning.lr_schedules import stagewise_factor
 from vae_lightning.models.diagnostics import active_units
 from vae_lightning.models.iwae import bits_per_dim, iwae_log_likelihood
 from vae_lightning.models.likelihoods import Likelihood
+from vae_lightning.models.linear_bernoulli import LinearBernoulliLogLikelihood
 from vae_lightning.models.objectives import (
     ELBO,
     IWAE,
@@ -416,11 +417,15 @@ class VAELitModule(L.LightningModule):
         self.test_posterior_means.update(mu.float())
         k = self.hparams.test_iwae_k
         if k:
+            # The Bernoulli MLP's shortcut where it applies (same numbers, less work).
+            log_px_given_z = LinearBernoulliLogLikelihood.of(
+                self.net, self.likelihood, labels, samples_per_batch=k * len(images)
+            ) or (lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x, labels))
             log_px = iwae_log_likelihood(
                 images,
                 mu,
                 logvar,
-                lambda z, x: decoder_log_likelihood(self.net, self.likelihood, z, x, labels),
+                log_px_given_z,
                 k=k,
                 chunk_rows=self.iwae_chunk_rows,
                 generator=seeding.iwae_generator(self.device, self.eval_batch_seed(batch_idx)),

@@ -1,0 +1,205 @@
+"""log p(x|z) of a Bernoulli decoder whose last layer is Linear: the IWAE estimator's fast path.
+
+``Bernoulli.log_prob`` sums x_j l_j - softplus(l_j) over the P pixels of the logits
+l = W h + b, h being the decoder's last hidden layer (H units). For k samples per image two
+identities remove most of the work that is not the decoder's matrix products:
+
+- sum_j x_j l_j = h . (W^T x) + b . x, for any x: W^T x and b . x are one small matrix
+  product per image, then each sample costs a dot product of length H instead of a pass over
+  its P logits;
+- sum_j softplus(l_j) = sum_j max(l_j, 0) + log prod_j (1 + exp(-|l_j|)), the product taken
+  over groups of at most ``MAX_GROUP`` pixels: each factor is in (1, 2], so a group's product
+  stays below 2^120, inside float32's range. One exp per pixel and one log per group, where
+  softplus costs an exp and a log1p per pixel; the rounding of the products (at most G
+  float32 roundings per group) is of the order of that of the float32 sums over the pixels.
+
+The logits of ``SUB_BLOCK_ROWS`` decoder rows are made and consumed together, so they stay in
+cache (the estimator's chunks, ``chunk_rows``, bound memory; these bound cache traffic), and on
+a CPU each block is compiled (torch.compile: the matrix products, then one fused loop over
+the logits) once a batch has enough samples to repay the compilation. The numbers are those
+of ``decoder_log_likelihood`` up to float32 rounding (tested against torch.distributions in
+float64); everything else (models whose ``decode`` is not the plain decoder, other decoders
+or likelihoods, labels) keeps the generic path. bf16 weights keep it too: this path is for
+float32 (and float64) CPUs without native bf16 arithmetic, where bf16 would not pay.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from vae_lightning.models.decoders import MLPDecoder
+from vae_lightning.models.likelihoods import Bernoulli, Likelihood
+from vae_lightning.models.vae import VAE
+
+# Decoder rows whose logits are made and summed at a time: 2048 x 784 float32 logits are
+# 6.4 MB, inside the L3 cache of a server CPU; larger blocks spill to memory and smaller ones
+# pay more per-operation overhead (measured on a 2-core EPYC: docs/speed.md, "Evaluation").
+SUB_BLOCK_ROWS = 2048
+# At most this many factors (1 + exp(-|l|)) <= 2 multiply into one group: 2^120 < 2^128.
+MAX_GROUP = 120
+# torch.compile of the blocks costs a few seconds per process; it is used on a CPU when one
+# batch decodes at least this many rows (k samples x B images), where it saves more than that.
+COMPILE_MIN_ROWS = 2**18
+LOG2_E = 1 / math.log(2)
+
+
+def group_size(num_pixels: int) -> int:
+    """The largest divisor of ``num_pixels`` that is at most ``MAX_GROUP``: pixels per product."""
+    return max(g for g in range(1, MAX_GROUP + 1) if num_pixels % g == 0)
+
+
+def softplus_sum(logits: Tensor, group: int) -> Tensor:
+    """sum_j softplus(l_j) over the last dimension, with one exp per logit and one log per
+    ``group`` logits (module docstring): (..., P) -> (...). Both sums run over the same
+    groups, so that compiled they are one loop over the logits."""
+    grouped = logits.unflatten(-1, (-1, group))
+    # exp2 is cheaper than exp in torch's vectorised CPU code (5.9 vs 7.4 ms per 16384 x 784
+    # logits, compiled, 2-core EPYC); scaling the argument costs a relative error of
+    # |l| 2^-24 in exp(-|l|) <= 2^-|l|, below float32's resolution of the factor.
+    products = (1 + torch.exp2(grouped.abs() * -LOG2_E)).prod(dim=-1)
+    return (grouped.clamp(min=0).sum(dim=-1) + products.log()).sum(dim=-1)
+
+
+def block_log_likelihood(
+    z: Tensor,
+    hidden_layers: tuple[tuple[Tensor, Tensor], ...],
+    activation: nn.Module,
+    weight_t: Tensor,
+    bias: Tensor,
+    x_weight: Tensor,
+    x_bias: Tensor,
+    group: int,
+) -> Tensor:
+    """log p(x|z) for codes z (n, B, D): the decoder's hidden layers (each h -> act(h W^T + b)
+    with W^T given as ``(weight_t, bias)``), then its Linear readout (``weight_t`` (H, P),
+    ``bias`` (P,)) summed against the images through their W^T x (B, H) and b . x (B,): (n, B).
+
+    Each layer is a matrix product and an addition: compiled, the addition fuses into the pass
+    that reads the product (``F.linear`` would first copy b into every output row).
+    """
+    hidden = z
+    for layer_weight_t, layer_bias in hidden_layers:
+        hidden = activation(torch.matmul(hidden, layer_weight_t) + layer_bias)
+    logits = torch.matmul(hidden, weight_t) + bias
+    return (hidden * x_weight).sum(dim=-1) + x_bias - softplus_sum(logits, group)
+
+
+@functools.cache
+def compiled_block_log_likelihood() -> Callable[..., Tensor]:
+    """One torch.compile of :func:`block_log_likelihood` per process: each test batch builds
+    its own :class:`LinearBernoulliLogLikelihood`, and a new ``torch.compile`` wrapper per
+    batch would trace and compile again (and hit dynamo's recompile limit)."""
+    # Static shapes: code compiled for symbolic sizes ran 15 % slower. vae-eval's blocks take
+    # three shapes (full blocks and the remainders of a chunk and of the last chunk), each
+    # compiled once (about 1.5 s with inductor's on-disk cache warm).
+    return torch.compile(block_log_likelihood, dynamic=False)
+
+
+class LinearBernoulliLogLikelihood:
+    """log p(x|z) of ``net``'s decoder under a Bernoulli likelihood, for z of shape (n, B, D)
+    against x (B, C, H, W): the same numbers as ``decoder_log_likelihood``, faster.
+
+    Build it with :meth:`of`, which returns None where the identities do not describe the
+    model (then use the generic path).
+    """
+
+    def __init__(self, decoder: MLPDecoder, compile_blocks: bool = False) -> None:
+        *hidden, self.readout = [m for m in decoder.body if isinstance(m, nn.Linear)]
+        # Weights as contiguous W^T, the layout of the bound's bare matrix products; copied
+        # once per test batch (1.3 MB for 784-400-20), so they follow the trained weights.
+        self.hidden_layers = tuple((m.weight.T.contiguous(), m.bias) for m in hidden)
+        self.readout_weight_t = self.readout.weight.T.contiguous()
+        self.activation = decoder.body[1] if hidden else nn.Identity()
+        self.group = group_size(self.readout.out_features)
+        self.block_fn: Callable[..., Tensor] = block_log_likelihood
+        if compile_blocks:
+            self.block_fn = compiled_block_log_likelihood()
+        self.images: Tensor | None = None  # the x whose W^T x and b . x are cached
+        self.image_terms: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
+
+    @classmethod
+    def of(
+        cls,
+        net: nn.Module,
+        likelihood: Likelihood,
+        labels: Tensor | None = None,
+        samples_per_batch: int = 0,
+    ) -> LinearBernoulliLogLikelihood | None:
+        """The fast log p(x|z) of ``net`` and ``likelihood``, or None where it does not apply:
+        only a Bernoulli likelihood, a model whose ``decode`` is the plain ``VAE.decode`` (no
+        labels) with an ``MLPDecoder`` ending in Linear, and float32 or float64 weights.
+        ``samples_per_batch`` (k x B) decides whether the blocks are compiled (CPU only)."""
+        if type(likelihood) is not Bernoulli or labels is not None:
+            return None
+        if not isinstance(net, VAE) or type(net).decode is not VAE.decode:
+            return None
+        decoder = net.decoder
+        if not isinstance(decoder, MLPDecoder) or not isinstance(decoder.body[-2], nn.Linear):
+            return None
+        # MLPDecoder's body: (Linear, activation) per hidden layer, then Linear, Unflatten.
+        *layers, readout, _ = decoder.body
+        linears, activations = layers[0::2], layers[1::2]
+        if any(not isinstance(m, nn.Linear) or m.bias is None for m in [*linears, readout]):
+            return None
+        if len({type(m) for m in activations}) > 1:
+            return None
+        weight = decoder.body[-2].weight
+        if weight.dtype not in (torch.float32, torch.float64) or weight.device.type == "meta":
+            return None
+        compile_blocks = weight.device.type == "cpu" and samples_per_batch >= COMPILE_MIN_ROWS
+        return cls(decoder, compile_blocks)
+
+    def terms_of(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """W^T x (B, H) and b . x (B,) of the images, computed once per batch."""
+        if x is not self.images:
+            flat = x.flatten(1).to(self.readout.weight.dtype)
+            self.image_terms = (flat @ self.readout.weight, flat @ self.readout.bias)
+            self.images = x
+        return self.image_terms
+
+    def run_block(self, z: Tensor, x_weight: Tensor, x_bias: Tensor) -> Tensor:
+        """The (compiled, if chosen) block; falls back to eager ops, with a warning, if
+        compiling fails (e.g. no C++ compiler): the numbers are the same."""
+        args = (
+            z,
+            self.hidden_layers,
+            self.activation,
+            self.readout_weight_t,
+            self.readout.bias,
+            x_weight,
+            x_bias,
+            self.group,
+        )
+        try:
+            return self.block_fn(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: the eager ops remain
+            if self.block_fn is block_log_likelihood:
+                raise
+            warnings.warn(
+                f"torch.compile of the IWAE decoder blocks failed ({type(error).__name__}: "
+                f"{error}); evaluating with eager ops (same numbers, slower).",
+                stacklevel=2,
+            )
+            self.block_fn = block_log_likelihood
+            return self.block_fn(*args)
+
+    @torch.no_grad()
+    def __call__(self, z: Tensor, x: Tensor) -> Tensor:
+        x_weight, x_bias = self.terms_of(x)
+        n, batch = z.shape[:2]
+        z = z.to(self.readout.weight.dtype)
+        per_block = max(1, SUB_BLOCK_ROWS // batch)  # fixed, so that few shapes compile
+        # Each block is copied (20 floats a row): a view's storage offset would be one more
+        # thing the compiled code is specialised and recompiled for.
+        return torch.cat(
+            [
+                self.run_block(z[start : start + per_block].clone(), x_weight, x_bias)
+                for start in range(0, n, per_block)
+            ]
+        )
