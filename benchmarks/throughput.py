@@ -5,9 +5,9 @@ conf/model/<name>.yaml: mlp, conv or resnet) on Fashion-MNIST (55 000 training i
 with ``--data cifar-shaped`` on random uint8 images of CIFAR-10's shape (3x32x32, 50 000 by
 default, ``--num-images``; see random_images.py), dynamically binarized, the default config's
 optimizer (fused Adam, lr 1e-3), no gradient clipping, as in the default config. Path a uses
-the project's binarization and optimizer kernels, so a and b differ by the framework alone;
-``--naive-pure-loop`` gives path a torch.bernoulli and torch.optim.Adam's default kernels, as a
-loop written by hand would have:
+the project's batch gather (index_select), binarization and optimizer kernels, so a and b
+differ by the framework alone; ``--naive-pure-loop`` gives path a ``images[index]``,
+torch.bernoulli and torch.optim.Adam's default kernels, as a loop written by hand would have:
 
   a  a minimal pure PyTorch loop over a preloaded uint8 tensor (the floor);
   b  ``vae_lightning.train.train(cfg)`` with the default config: Lightning, every default
@@ -154,8 +154,8 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
         # instead of living on into the next step (which changes CPU allocator behaviour).
         if args.naive_pure_loop:
             x = torch.bernoulli(images[index].float().div_(255))
-        else:  # the project's draw: the same kernels as vae-train
-            x = prepare_images(images[index], fresh_draw=True)
+        else:  # the project's gather and draw: the same kernels as vae-train
+            x = prepare_images(images.index_select(0, index), fresh_draw=True)
         with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
             loss = objective(model, likelihood, x, kl_weight=1.0).loss
         optimizer.zero_grad(set_to_none=True)
@@ -465,8 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--naive-pure-loop",
         action="store_true",
-        help="path a as written by hand: torch.optim.Adam(lr=1e-3) and torch.bernoulli, not "
-        "the project's fused Adam and binarization kernels",
+        help="path a as written by hand: images[index], torch.bernoulli and "
+        "torch.optim.Adam(lr=1e-3), not the project's gather, binarization and fused Adam",
     )
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers for path c")
     parser.add_argument(

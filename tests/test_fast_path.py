@@ -9,12 +9,14 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.profilers import SimpleProfiler
 
 from helpers.events import written_scalars
 from vae_lightning.callbacks import NonFiniteLossError
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models.likelihoods import Bernoulli
 from vae_lightning.models.objectives import ELBO, IWAE
+from vae_lightning.profiling import NoProfiler
 from vae_lightning.train import instantiate_named, model_from_config, train
 
 QUIET = ["~callbacks.progress_bar", "~callbacks.images", "~logger", "test=false"]
@@ -238,3 +240,29 @@ def test_nan_guard_names_the_culprit_term_on_a_step_that_is_not_logged(compose_t
         train(cfg)
     assert "at step 2" in str(info.value)
     assert "train/rec=nan" in str(info.value) and "train/kl=nan" in str(info.value)
+
+
+class TrainBatchCounter(L.Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, *args) -> None:
+        self.batches += 1
+
+
+@pytest.mark.parametrize(
+    ("override", "profiler_type"),
+    [([], NoProfiler), (["trainer.profiler=simple"], SimpleProfiler)],
+)
+def test_no_op_profiler_still_calls_every_hook_and_a_real_one_can_be_picked(
+    compose_train, override, profiler_type
+):
+    cfg = compose_train(["debug=fast", "trainer=cpu", *override])
+    counter = TrainBatchCounter()
+    trainer = instantiate(cfg.trainer, callbacks=[counter], logger=False)
+    trainer.fit(instantiate(cfg.model, optimizer=cfg.optimizer), datamodule=instantiate(cfg.data))
+    assert type(trainer.profiler) is profiler_type
+    assert counter.batches == trainer.global_step > 0
+    if profiler_type is SimpleProfiler:  # it timed each call of the hook
+        durations = trainer.profiler.recorded_durations
+        assert len(durations["[Callback]TrainBatchCounter.on_train_batch_end"]) == counter.batches

@@ -92,7 +92,10 @@ class TensorBatchLoader:
         self._yielded, self._skip = self._skip, 0
         for batch in indices.split(self.batch_size)[self._yielded :]:
             self._yielded += 1  # before the yield: counts the batch being trained on
-            yield self.images[batch], self.labels[batch]
+            # index_select copies whole rows; advanced indexing (images[batch]) gathers uint8
+            # pixel by pixel: 10 vs 90 us for 128 MNIST images, 15 vs 320 us for 128 CIFAR
+            # ones (2-core EPYC, 2 threads).
+            yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
 
     # Lightning's fit loop saves these in every checkpoint and, on a mid-epoch resume, loads
     # them before it builds the iterator: the epoch goes on from the next batch of the same
