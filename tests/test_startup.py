@@ -2,6 +2,7 @@
 benchmarks/startup.py itself."""
 
 import gc
+import importlib.metadata
 import subprocess
 import sys
 import weakref
@@ -57,6 +58,18 @@ def test_what_the_command_makes_is_collected_and_finalized_as_usual(unfrozen):
     made = entry_point()
     gc.collect()
     assert made() is None and "during" in Cycle.finalized
+
+
+def test_every_console_script_freezes_the_imported_objects():
+    scripts = [
+        script
+        for script in importlib.metadata.entry_points(group="console_scripts")
+        if script.module.startswith("vae_lightning.")
+    ]
+    assert {script.name for script in scripts} >= {"vae-train", "vae-eval", "vae-report"}
+    freezing_code = freeze_imported_objects(lambda: None).__code__  # every such wrapper's
+    for script in scripts:
+        assert script.load().__code__ is freezing_code, f"{script.name} does not gc.freeze()"
 
 
 def test_debug_fast_runs_every_phase_with_cheaper_settings(compose_train):

@@ -40,6 +40,7 @@ from vae_lightning.evaluate import data_config
 from vae_lightning.inference import checked_checkpoint, load_module, output_dir
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.signatures import argument_problems
+from vae_lightning.startup import freeze_imported_objects
 
 EmbedSplit = Literal["train", "val", "test"]
 ARRAYS_FILE = "embeddings.npz"
@@ -132,6 +133,7 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
     return arrays
 
 
+@freeze_imported_objects  # the imports' objects: not scanned by the GC, not freed at exit
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="embed")
 @report_user_errors("vae-embed")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:

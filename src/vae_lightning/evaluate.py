@@ -46,6 +46,7 @@ from vae_lightning.metrics.sample_quality_eval import SAMPLE_QUALITY_METRICS, sa
 from vae_lightning.run_layout import RunLayout
 from vae_lightning.seeding import EVAL_SEED
 from vae_lightning.signatures import argument_problems
+from vae_lightning.startup import freeze_imported_objects
 
 # test: the official test split; val: the validation images held out of the training split.
 Split = Literal["test", "val"]
@@ -466,6 +467,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+@freeze_imported_objects  # the imports' objects: not scanned by the GC, not freed at exit
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @report_user_errors("vae-eval")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:

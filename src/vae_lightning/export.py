@@ -34,6 +34,7 @@ from vae_lightning.errors import report_user_errors
 from vae_lightning.inference import ToolError, checked_checkpoint, load_module, output_dir
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.signatures import argument_problems
+from vae_lightning.startup import freeze_imported_objects
 
 Format = Literal["torchscript", "onnx"]
 CHECK_FILE = "export_check.json"
@@ -234,6 +235,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+@freeze_imported_objects  # the imports' objects: not scanned by the GC, not freed at exit
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 @report_user_errors("vae-export")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:

@@ -35,6 +35,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from vae_lightning.configs import CONFIG_PATH
 from vae_lightning.errors import UserError, report_user_errors
 from vae_lightning.run_layout import EVENT_GLOB, RunLayout
+from vae_lightning.startup import freeze_imported_objects
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +369,7 @@ class CompareJobsAfterMultirun(Callback):
             )
 
 
+@freeze_imported_objects  # the imports' objects: not scanned by the GC, not freed at exit
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
 @report_user_errors("vae-report")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:

@@ -30,6 +30,7 @@ from vae_lightning.inference import ToolError, checked_checkpoint, load_module, 
 from vae_lightning.lit_module import VAELitModule
 from vae_lightning.models.priors import StandardNormal
 from vae_lightning.signatures import argument_problems
+from vae_lightning.startup import freeze_imported_objects
 
 GRID_FILE = "samples.png"
 ARRAYS_FILE = "samples.npz"
@@ -103,6 +104,7 @@ def sample(cfg: DictConfig) -> dict[str, Tensor]:
     return arrays
 
 
+@freeze_imported_objects  # the imports' objects: not scanned by the GC, not freed at exit
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
 @report_user_errors("vae-sample")  # bad input: its paragraph on stderr, exit status 2
 def main(cfg: DictConfig) -> None:
