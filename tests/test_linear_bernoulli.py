@@ -14,7 +14,7 @@ from vae_lightning.models.likelihoods import Bernoulli, ContinuousBernoulli
 from vae_lightning.models.linear_bernoulli import (
     SUB_BLOCK_ROWS,
     LinearBernoulliLogLikelihood,
-    exp2_of_negative,
+    exp2_of_nonpositive,
     product_layout,
     softplus_sum,
 )
@@ -92,15 +92,14 @@ def test_softplus_sum_handles_extreme_logits(polynomial_exp2):
 
 
 def test_polynomial_exp2_within_float32_rounding():
-    """The compiled pass's 2^(-a): within 2e-7 relative of float64 exp2 on [0, 126], from 0
-    to 2^(-126) beyond (where 1 + 2^(-a) is 1 in float32)."""
-    a = torch.linspace(0, 126, 1_000_001)
-    exact = torch.exp2(-a.double())
-    relative = exp2_of_negative(a, polynomial=True).double() / exact - 1
+    """The compiled pass's 2^b: within 2e-7 relative of float64 exp2 on [-126, 0], from 0 to
+    2^-126 below (where 1 + 2^b is 1 in float32); NaN stays NaN."""
+    b = torch.linspace(-126, 0, 1_000_001)
+    relative = exp2_of_nonpositive(b, polynomial=True).double() / torch.exp2(b.double()) - 1
     assert relative.abs().max() < 2e-7
-    beyond = exp2_of_negative(torch.tensor([126.5, 200.0, float("inf")]), polynomial=True)
-    assert (beyond <= 2.0**-126).all() and (beyond > 0).all()
-    assert exp2_of_negative(torch.tensor([float("nan")]), polynomial=True).isnan().all()
+    below = exp2_of_nonpositive(torch.tensor([-126.5, -200.0, -float("inf")]), polynomial=True)
+    assert (below <= 2.0**-126).all() and (below > 0).all()
+    assert exp2_of_nonpositive(torch.tensor([float("nan")]), polynomial=True).isnan().all()
 
 
 def test_product_layout_divides_and_bounds_the_products():
