@@ -15,18 +15,21 @@ identities remove most of the work that is not the decoder's matrix products:
   The groups are strided ("vertical"): a row's P logits are viewed as (G, P / G) and each
   product runs over G logits P / G apart, so that it is an elementwise product of G
   contiguous vectors (784 = 98 x 8: one AVX2 vector of 8 products, one vectorised log per
-  row), not a horizontal reduction within a vector.
-- compiled, the exp of float32 logits is a degree-6 polynomial in float32 ops
-  (:func:`exp2_of_nonpositive`), vectorised by inductor, instead of torch's exp2.
+  row), not a horizontal reduction across a vector's lanes (:func:`product_layout`).
 
 The logits of ``SUB_BLOCK_ROWS`` decoder rows are made and consumed together, so they stay in
 cache (the estimator's chunks, ``chunk_rows``, bound memory; these bound cache traffic), and on
-a CPU each block is compiled (torch.compile: the matrix products, then one fused loop over
-the logits) once a batch has enough samples to repay the compilation. The numbers are those
-of ``decoder_log_likelihood`` up to float32 rounding (tested against torch.distributions in
-float64); everything else (models whose ``decode`` is not the plain decoder, other decoders
-or likelihoods, labels) keeps the generic path. bf16 weights keep it too: this path is for
-float32 (and float64) CPUs without native bf16 arithmetic, where bf16 would not pay.
+a CPU each block is compiled (torch.compile: the matrix products, then one fused loop over the
+logits) once a batch has enough samples to repay the compilation. Compiled, the exp of float32
+logits is a polynomial in float32 ops (:func:`exp2_of_nonpositive`) that inductor vectorises in
+that loop, and h . W^T x is fused into the activation's pass (:func:`image_term`). In process,
+a block costs 1.12x the bare matrix products of its FLOPs on a 2-core EPYC (0.66 ns per logit
+more), 1.25x with 112-pixel groups and torch's exp2 (docs/speed.md, "Evaluation"). The numbers
+are those of ``decoder_log_likelihood`` up to float32 rounding (tested against
+torch.distributions in float64); everything else (models whose ``decode`` is not the plain
+decoder, other decoders or likelihoods, labels) keeps the generic path. bf16 weights keep it
+too: this path is for float32 (and float64) CPUs without native bf16 arithmetic, where bf16
+would not pay.
 """
 
 from __future__ import annotations
