@@ -22,7 +22,8 @@ cache (the estimator's chunks, ``chunk_rows``, bound memory; these bound cache t
 a CPU each block is compiled (torch.compile: the matrix products, then one fused loop over the
 logits) once a batch has enough samples to repay the compilation. Compiled, the exp of float32
 logits is a polynomial in float32 ops (:func:`exp2_of_nonpositive`) that inductor vectorises in
-that loop, and h . W^T x is fused into the activation's pass (:func:`image_term`). In process,
+that loop, h . W^T x is fused into the activation's pass (:func:`image_term`), and glibc is told
+to keep the blocks' buffers mapped (:func:`keep_block_buffers_mapped`). In process,
 a block costs 1.12x the bare matrix products of its FLOPs on a 2-core EPYC (0.66 ns per logit
 more), 1.25x with 112-pixel groups and torch's exp2 (docs/speed.md, "Evaluation"). The numbers
 are those of ``decoder_log_likelihood`` up to float32 rounding (tested against
