@@ -2,6 +2,8 @@
 the same numbers as torch.distributions' Bernoulli on the decoder's logits, used only where its
 identities describe the model."""
 
+import math
+
 import pytest
 import torch
 from torch.distributions import Bernoulli as TorchBernoulli
@@ -12,7 +14,8 @@ from vae_lightning.models.likelihoods import Bernoulli, ContinuousBernoulli
 from vae_lightning.models.linear_bernoulli import (
     SUB_BLOCK_ROWS,
     LinearBernoulliLogLikelihood,
-    group_size,
+    exp2_of_nonpositive,
+    product_layout,
     softplus_sum,
 )
 from vae_lightning.models.objectives import decoder_log_likelihood
@@ -49,8 +52,8 @@ def binary_images(batch, image_shape, seed=1):
 )
 def test_float64_equals_torch_distributions_to_rounding(image_shape, hidden_dims, activation):
     """In float64 the identities leave nothing but rounding: 1e-9 nats. Several decoder blocks
-    (n x B above SUB_BLOCK_ROWS), pixel counts whose groups are 112, 13 and 70 pixels, and
-    decoders with one, two and no hidden layers."""
+    (n x B above SUB_BLOCK_ROWS), pixel counts whose products are over 98, 13 and 70 pixels,
+    and decoders with one, two and no hidden layers."""
     net = wide_logit_mlp(image_shape, torch.float64, hidden_dims, activation)
     batch = 3
     n = SUB_BLOCK_ROWS // batch + 5
@@ -73,15 +76,40 @@ def test_float32_within_float32_rounding_of_the_oracle():
     assert (generic.double() - oracle).abs().max() < 2e-3
 
 
-def test_softplus_sum_handles_extreme_logits():
-    """Logits of +-100 (exp(-|l|) underflows to 0) and a group of products each near 2^G."""
-    logits = torch.tensor([[-100.0, 100.0, 0.0, 1e-6] * 28, [0.0] * 112], dtype=torch.float32)
+@pytest.mark.parametrize("polynomial_exp2", [False, True])
+def test_softplus_sum_handles_extreme_logits(polynomial_exp2):
+    """Logits of +-100 and +-1e4 (exp(-|l|) underflows to 0), and a column of 112 zeros: a
+    product of 112 factors of 2, 2^112."""
+    column = torch.tensor([-100.0, 100.0, 0.0, 1e-6, 1e4, -1e4, -3.0] * 16)
+    logits = torch.stack([column, torch.zeros(112)], dim=-1).flatten()[None]
     expected = torch.nn.functional.softplus(logits.double()).sum(-1)
-    torch.testing.assert_close(softplus_sum(logits, 112).double(), expected, atol=1e-4, rtol=0)
+    total = softplus_sum(logits, 112, polynomial_exp2)
+    torch.testing.assert_close(total.double(), expected, atol=1e-4, rtol=1e-7)  # 16e4 nats
+    # softplus(-inf) = 0 and softplus(inf) = inf.
+    infinite = torch.tensor([[-float("inf"), 0.0], [float("inf"), 0.0]])
+    expected = torch.tensor([math.log(2), float("inf")])
+    torch.testing.assert_close(softplus_sum(infinite, 2, polynomial_exp2), expected)
 
 
-def test_group_size_divides_and_bounds_the_products():
-    assert group_size(784) == 112 and group_size(3 * 32 * 32) == 96 and group_size(127) == 1
+def test_polynomial_exp2_within_float32_rounding():
+    """The compiled pass's 2^b: within 2e-7 relative of float64 exp2 on [-126, 0], from 0 to
+    2^-126 below (where 1 + 2^b is 1 in float32); NaN stays NaN."""
+    b = torch.linspace(-126, 0, 1_000_001)
+    relative = exp2_of_nonpositive(b, polynomial=True).double() / torch.exp2(b.double()) - 1
+    assert relative.abs().max() < 2e-7
+    below = exp2_of_nonpositive(torch.tensor([-126.5, -200.0, -float("inf")]), polynomial=True)
+    assert (below <= 2.0**-126).all() and (below > 0).all()
+    assert exp2_of_nonpositive(torch.tensor([float("nan")]), polynomial=True).isnan().all()
+
+
+def test_product_layout_divides_and_bounds_the_products():
+    """At most 120 factors per product (2^120 < float32's 2^128), columns a multiple of 8
+    where P allows."""
+    assert product_layout(784) == (98, 8) and product_layout(3 * 32 * 32) == (96, 32)
+    assert product_layout(143) == (13, 11) and product_layout(127) == (1, 127)
+    for pixels in range(1, 5000):
+        factors, columns = product_layout(pixels)
+        assert factors * columns == pixels and factors <= 120
 
 
 def test_iwae_estimate_unchanged_by_the_shortcut():
