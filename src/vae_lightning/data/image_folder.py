@@ -50,7 +50,8 @@ class MappedImages:
     """The rows ``rows`` of a memory-mapped uint8 array, read only when a batch asks.
 
     Stands in for a split's image tensor where the loaders use one (``len``, indexing,
-    ``.to``, ``device``) so a split larger than memory is never copied as a whole.
+    ``index_select``, ``.to``, ``device``) so a split larger than memory is never copied as a
+    whole.
     """
 
     def __init__(self, array: Tensor, rows: Tensor) -> None:
@@ -61,6 +62,12 @@ class MappedImages:
 
     def __getitem__(self, index: Any) -> Tensor:
         return self.array[self.rows[index]]
+
+    def index_select(self, dim: int, index: Tensor) -> Tensor:
+        """The rows ``index`` (``dim`` 0), as the tensor loader gathers a batch."""
+        if dim != 0:
+            raise ValueError(f"MappedImages gathers whole images (dim 0), not along dim {dim}.")
+        return self.array.index_select(0, self.rows.index_select(0, index))
 
     @property
     def shape(self) -> torch.Size:
