@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli as TorchBernoulli
 
+from vae_lightning.models import linear_bernoulli
 from vae_lightning.models.conditional import mlp_cvae
 from vae_lightning.models.iwae import iwae_log_likelihood
 from vae_lightning.models.likelihoods import Bernoulli, ContinuousBernoulli
@@ -154,3 +155,28 @@ def test_used_only_where_its_identities_hold():
     assert LinearBernoulliLogLikelihood.of(mlp_cvae((1, 28, 28)), Bernoulli(), labels) is None
     # Its decode sees the labels, so even without them it is not the plain decoder.
     assert LinearBernoulliLogLikelihood.of(mlp_cvae((1, 28, 28)), Bernoulli()) is None
+
+
+def test_a_failed_compile_falls_back_to_eager_ops_once_per_process(monkeypatch):
+    """Where torch.compile fails (a stand-in raising as inductor does without a C++
+    compiler), the first batch warns and evaluates eagerly, and later batches, each with its
+    own LinearBernoulliLogLikelihood, do not try to compile again."""
+    attempts = []
+
+    def failing_compiled_block(*args):
+        attempts.append(args)
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(
+        linear_bernoulli, "compiled_block_log_likelihood", lambda: failing_compiled_block
+    )
+    monkeypatch.setattr(linear_bernoulli, "_compile_failed", False)
+    decoder = wide_logit_mlp((1, 28, 28)).decoder
+    z, x = torch.randn(5, 4, 4), binary_images(4, (1, 28, 28))
+    expected = LinearBernoulliLogLikelihood(decoder)(z, x)
+    with pytest.warns(UserWarning, match="torch.compile of the IWAE decoder blocks failed"):
+        first_batch = LinearBernoulliLogLikelihood(decoder, compile_blocks=True)(z, x)
+    second_batch = LinearBernoulliLogLikelihood(decoder, compile_blocks=True)(z, x)
+    assert len(attempts) == 1
+    torch.testing.assert_close(first_batch, expected)
+    torch.testing.assert_close(second_batch, expected)

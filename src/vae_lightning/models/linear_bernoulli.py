@@ -191,6 +191,12 @@ def keep_block_buffers_mapped() -> None:
         return
 
 
+# Set once torch.compile of the blocks has failed in this process (e.g. no C++ compiler): the
+# later test batches, each with its own LinearBernoulliLogLikelihood, then take the eager ops
+# at once instead of each failing to compile again (seconds per batch).
+_compile_failed = False
+
+
 @functools.cache
 def compiled_block_log_likelihood() -> Callable[..., Tensor]:
     """One torch.compile of :func:`block_log_likelihood` per process: each test batch builds
@@ -219,7 +225,7 @@ class LinearBernoulliLogLikelihood:
         self.activation = decoder.body[1] if hidden else nn.Identity()
         self.factors, _ = product_layout(self.readout.out_features)
         self.block_fn: Callable[..., Tensor] = block_log_likelihood
-        if compile_blocks:
+        if compile_blocks and not _compile_failed:
             self.block_fn = compiled_block_log_likelihood()
             keep_block_buffers_mapped()
         self.images: Tensor | None = None  # the x whose W^T x and b . x are cached
@@ -266,8 +272,10 @@ class LinearBernoulliLogLikelihood:
         return self.image_terms
 
     def run_block(self, z: Tensor, x_weight: Tensor, x_bias: Tensor) -> Tensor:
-        """The (compiled, if chosen) block; falls back to eager ops, with a warning, if
-        compiling fails (e.g. no C++ compiler): the numbers are the same."""
+        """The (compiled, if chosen) block; falls back to eager ops for the rest of the
+        process, with a warning, if compiling fails (e.g. no C++ compiler): the same numbers
+        to float32 rounding (the eager ops take torch's exp2, not the polynomial)."""
+        global _compile_failed
         args = (
             z,
             self.hidden_layers,
@@ -285,9 +293,11 @@ class LinearBernoulliLogLikelihood:
                 raise
             warnings.warn(
                 f"torch.compile of the IWAE decoder blocks failed ({type(error).__name__}: "
-                f"{error}); evaluating with eager ops (same numbers, slower).",
+                f"{error}); evaluating with eager ops (the same numbers to float32 rounding, "
+                "slower).",
                 stacklevel=2,
             )
+            _compile_failed = True
             self.block_fn = block_log_likelihood
             return self.block_fn(*args)
 
