@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +132,14 @@ def pure_loop_optimizer(naive: bool, model: torch.nn.Module) -> torch.optim.Opti
     return instantiate(config, params=model.parameters())
 
 
-def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def pure_loop(
+    args: argparse.Namespace, device: torch.device, images: torch.Tensor
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor], None]]:
+    """Path a's network and its training step on a batch of ``images`` given by index."""
     from vae_lightning.data.datamodule import prepare_images
     from vae_lightning.models.likelihoods import Bernoulli
     from vae_lightning.models.objectives import ELBO
 
-    torch.manual_seed(args.seed)
-    images = training_images(args).to(device)  # stays uint8
     model = build_net(args.model, DATA_SHAPES[args.data]).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -146,7 +148,6 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
     optimizer = pure_loop_optimizer(args.naive_pure_loop, model)
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
-    generator = torch.Generator().manual_seed(args.seed)
     objective, likelihood = ELBO(), Bernoulli()  # the maths VAELitModule trains by default
 
     def train_step(index: torch.Tensor) -> None:
@@ -163,6 +164,14 @@ def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str
         scaler.step(optimizer)
         scaler.update()
 
+    return model, train_step
+
+
+def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    images = training_images(args).to(device)  # stays uint8
+    _, train_step = pure_loop(args, device, images)
+    generator = torch.Generator().manual_seed(args.seed)
     seconds, cpu_seconds, counts = [], [], []
     for _ in range(args.epochs):
         synchronize(device)
@@ -217,11 +226,24 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
         overrides.append("++model.channels_last=true")
     if args.limit_batches:
         overrides.append(f"+trainer.limit_train_batches={args.limit_batches}")
+    if args.interleaved:
+        from interleaved import InterleavedPureLoop
+
+        InterleavedPureLoop.make_pure_step = lambda images: pure_loop(args, device, images)[1]
+        overrides += [
+            "+callbacks.interleaved._target_=interleaved.InterleavedPureLoop",
+            f"+callbacks.interleaved.block={args.interleaved}",
+            f"+callbacks.interleaved.seed={args.seed}",
+        ]
     overrides += args.override
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         train(compose_as_launched("train", overrides))
     (timer,) = EpochTimer.instances
-    return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "images": timer.images}
+    result = {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "images": timer.images}
+    if args.interleaved:
+        (interleaved,) = InterleavedPureLoop.instances
+        result["pairs"] = interleaved.pairs
+    return result
 
 
 def cifar_shaped_data(num_images: int, seed: int) -> list[str]:
@@ -275,6 +297,7 @@ def run_case(args: argparse.Namespace, path: str, model: str, batch_size: int) -
         f"--data-root={args.data_root}",
         f"--val-size={args.val_size}",
         f"--workers={args.workers}",
+        f"--interleaved={args.interleaved}",
         *(["--naive-pure-loop"] if args.naive_pure_loop else []),
         f"--threads={args.threads}",
         f"--seed={args.seed}",
@@ -379,6 +402,56 @@ def machine_line(device: torch.device, args: argparse.Namespace) -> str:
     return "; ".join(parts)
 
 
+# --interleaved: paths a and b in one process (interleaved.py).
+def interleaved_figures(result: dict[str, Any]) -> tuple[float, float, list[float]]:
+    """us per image of b and of a over the blocks after the first epoch (warm-up), and the
+    ratio b/a of each of those blocks."""
+    pairs = [pair for pair in result["pairs"] if pair[0] >= 1]
+    b_us = 1e6 * sum(p[1] for p in pairs) / sum(p[2] for p in pairs)
+    a_us = 1e6 * sum(p[3] for p in pairs) / sum(p[4] for p in pairs)
+    return b_us, a_us, [(p[1] / p[2]) / (p[3] / p[4]) for p in pairs]
+
+
+def run_interleaved(args: argparse.Namespace) -> None:
+    """Per model and batch size, ``--repeats`` processes of path b with path a inside; the
+    table gives median [min-max] over the processes."""
+    rows = [["model", "batch", "repeats", "b: us/image", "a: us/image", "b/a", "blocks"]]
+    rows.append(["---"] * len(rows[0]))
+    results = []
+    for model in args.models:
+        for batch_size in args.batch_sizes:
+            measured = []
+            for repeat in range(args.repeats):
+                result = run_case(args, "b", model, batch_size)
+                results.append({**result, "repeat": repeat})
+                b_us, a_us, per_block = interleaved_figures(result)
+                print(
+                    f"{model:4} batch {batch_size:5} #{repeat}: b {b_us:7.2f} us/image, "
+                    f"a {a_us:7.2f} us/image, b/a {b_us / a_us:.3f} (per block: "
+                    f"{spread(per_block, 2)}, {len(per_block)} blocks)",
+                    flush=True,
+                )
+                measured.append((b_us, a_us, b_us / a_us, len(per_block)))
+            b_column, a_column, ratios, blocks = map(list, zip(*measured, strict=True))
+            rows.append(
+                [
+                    model,
+                    str(batch_size),
+                    str(args.repeats),
+                    spread(b_column, 2),
+                    spread(a_column, 2),
+                    f"**{spread(ratios, 3)}**",
+                    str(sum(blocks)),
+                ]
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print()
+    if args.markdown:
+        print(f"Command: `{' '.join(['python', *sys.argv])}`\n")
+    print("\n".join("| " + " | ".join(row) + " |" for row in rows))
+
+
 # --families: each family as vae-train runs it (path b), by the model and overrides it takes.
 FAMILIES: dict[str, tuple[str, list[str]]] = {
     "standard": ("mlp", []),
@@ -470,6 +543,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers for path c")
     parser.add_argument(
+        "--interleaved",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="run path a inside path b's process, alternating blocks of STEPS steps "
+        "(interleaved.py): the ratio b/a without the machine's drift between processes",
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"
     )
     parser.add_argument(
@@ -527,6 +608,9 @@ def main(argv: list[str] | None = None) -> None:
     shape = "x".join(map(str, DATA_SHAPES[args.data]))
     count = args.num_images if args.data == "cifar-shaped" else "Fashion-MNIST's"
     print(f"# Data: {args.data}, {count} training images of {shape}", flush=True)
+    if args.interleaved:
+        run_interleaved(args)
+        return
     results = []
     for model in args.models:
         for batch_size in args.batch_sizes:
