@@ -43,7 +43,9 @@ class InterleavedPureLoop(L.Callback):
         self.generator = torch.Generator().manual_seed(seed)
         self.pairs: list[tuple[int, float, int, float, int]] = []
         self._pure_step: Callable[[Tensor], None] | None = None
-        self._order: list[Tensor] = []
+        self._images_uint8 = torch.empty(0, dtype=torch.uint8)  # the training split, at fit
+        self._batch_size = 0
+        self._order: list[Tensor] = []  # the pure loop's remaining batches (as indices)
         self._start, self._images, self._steps = 0.0, 0, 0
         InterleavedPureLoop.instances.append(self)
 

@@ -29,6 +29,10 @@ Full run (quiet machine; about 15 min on 2 CPU cores):
 Smoke run:
     PYTHONPATH=src python benchmarks/throughput.py --models mlp --batch-sizes 128 \\
         --epochs 2 --limit-batches 5
+Paths a and b in one process, alternating blocks of 43 steps (interleaved.py: the VM's drift
+between processes, larger than the framework's cost, then falls on both; 5 processes):
+    PYTHONPATH=src python benchmarks/throughput.py --models mlp conv --batch-sizes 128 \\
+        --epochs 3 --repeats 5 --interleaved 43 --markdown
 Each model family's epoch next to the standard VAE's (path b, the MLP; issue: a family costs
 what its maths costs):
     PYTHONPATH=src python benchmarks/throughput.py --families --batch-sizes 128 --markdown
@@ -132,10 +136,11 @@ def pure_loop_optimizer(naive: bool, model: torch.nn.Module) -> torch.optim.Opti
     return instantiate(config, params=model.parameters())
 
 
-def pure_loop(
+def pure_loop_step(
     args: argparse.Namespace, device: torch.device, images: torch.Tensor
-) -> tuple[torch.nn.Module, Callable[[torch.Tensor], None]]:
-    """Path a's network and its training step on a batch of ``images`` given by index."""
+) -> Callable[[torch.Tensor], None]:
+    """Path a's training step, with its own network and optimizer: step(index) trains on
+    ``images[index]``."""
     from vae_lightning.data.datamodule import prepare_images
     from vae_lightning.models.likelihoods import Bernoulli
     from vae_lightning.models.objectives import ELBO
@@ -164,13 +169,13 @@ def pure_loop(
         scaler.step(optimizer)
         scaler.update()
 
-    return model, train_step
+    return train_step
 
 
 def run_pure_pytorch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     images = training_images(args).to(device)  # stays uint8
-    _, train_step = pure_loop(args, device, images)
+    train_step = pure_loop_step(args, device, images)
     generator = torch.Generator().manual_seed(args.seed)
     seconds, cpu_seconds, counts = [], [], []
     for _ in range(args.epochs):
@@ -229,7 +234,7 @@ def run_vae_train(args: argparse.Namespace, device: torch.device) -> dict[str, A
     if args.interleaved:
         from interleaved import InterleavedPureLoop
 
-        InterleavedPureLoop.make_pure_step = lambda images: pure_loop(args, device, images)[1]
+        InterleavedPureLoop.make_pure_step = lambda images: pure_loop_step(args, device, images)
         overrides += [
             "+callbacks.interleaved._target_=interleaved.InterleavedPureLoop",
             f"+callbacks.interleaved.block={args.interleaved}",
@@ -548,7 +553,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         metavar="STEPS",
         help="run path a inside path b's process, alternating blocks of STEPS steps "
-        "(interleaved.py): the ratio b/a without the machine's drift between processes",
+        "(interleaved.py): the ratio b/a without the machine's drift between processes; "
+        "--paths is then ignored",
     )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"
