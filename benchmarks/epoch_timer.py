@@ -9,6 +9,12 @@ import lightning as L
 import torch
 
 
+def synchronize(pl_module: L.LightningModule) -> None:
+    """Waits for the module's device: a clock read after this counts its queued work."""
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
+
+
 class EpochTimer(L.Callback):
     """Wall-clock and CPU seconds and image count of every training epoch.
 
@@ -27,13 +33,8 @@ class EpochTimer(L.Callback):
         self._count, self._start, self._cpu_start = 0, 0.0, 0.0
         EpochTimer.instances.append(self)
 
-    @staticmethod
-    def _sync(pl_module: L.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sync(pl_module)
+        synchronize(pl_module)
         self._count, self._start, self._cpu_start = 0, time.perf_counter(), time.process_time()
 
     def on_train_batch_end(
@@ -42,7 +43,7 @@ class EpochTimer(L.Callback):
         self._count += len(batch[0])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sync(pl_module)
+        synchronize(pl_module)
         self.seconds.append(time.perf_counter() - self._start)
         self.cpu_seconds.append(time.process_time() - self._cpu_start)
         self.images.append(self._count)

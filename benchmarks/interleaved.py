@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from epoch_timer import synchronize  # benchmarks/ is on sys.path: the script's folder
 from torch import Tensor
 
 # Builds path a's step for the training images (uint8, on the device): step(index) trains on
@@ -51,8 +52,7 @@ class InterleavedPureLoop(L.Callback):
 
     @staticmethod
     def _now(pl_module: L.LightningModule) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
+        synchronize(pl_module)
         return time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
