@@ -86,7 +86,7 @@ def test_state_dict_resumes_mid_epoch_with_the_same_permutation():
     for _ in range(4):
         next(batches)
     state = loader.state_dict()
-    assert state == {"epoch": 3, "batches_yielded": 4}
+    assert state == {"epoch": 3, "batches_yielded": 4, "batches_per_epoch": 11}
 
     resumed = make_loader()
     resumed.load_state_dict(state)

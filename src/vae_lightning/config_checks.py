@@ -35,6 +35,7 @@ from vae_lightning.config_rules import (
     limits_of,
     model_output_problem,
     objective_problem,
+    steps_per_batch_problems,
 )
 from vae_lightning.errors import ConfigError
 from vae_lightning.signatures import argument_problems
@@ -82,6 +83,8 @@ def check_config(cfg: DictConfig) -> None:
     trainer = cfg.get("trainer")
     if not listed and isinstance(trainer, DictConfig) and "devices" in trainer:
         listed = device_problems(trainer.devices, str(trainer.get("accelerator") or "auto"))
+    if not listed:
+        listed = steps_per_batch_problems(cfg)
     if listed:
         raise config_error(listed)
     likelihood = cfg.get("likelihood")

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from vae_lightning.models.conditional import reads_encoder
@@ -255,4 +256,35 @@ def device_problems(devices: Any, accelerator: str) -> list[str]:
             if kind == "CPU core"
             else "."
         )
+    ]
+
+
+# ------------------------------------------------------------------ data.steps_per_batch
+def steps_per_batch_problems(cfg: Any) -> list[str]:
+    """What ``data.steps_per_batch`` K > 1 cannot keep exact: settings Lightning counts in
+    batches (each batch then holds K optimizer steps) and those of automatic optimization."""
+    steps = cfg.data.get("steps_per_batch", 1) if "data" in cfg else 1
+    if not isinstance(steps, int) or steps <= 1:
+        return []
+    trainer, model = cfg.get("trainer") or {}, cfg.get("model") or {}
+    conflicts = {
+        "trainer.gradient_clip_val": bool(trainer.get("gradient_clip_val")),
+        "trainer.accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1) != 1,
+        "trainer.limit_train_batches": isinstance(trainer.get("limit_train_batches"), int),
+        "trainer.val_check_interval": isinstance(trainer.get("val_check_interval"), int),
+        "model.train_step": model.get("train_step", "automatic") != "automatic",
+        "model.lr_stage_growth": bool(model.get("lr_stage_growth", 0)),
+        "data.loader": cfg.data.get("loader", "tensor") != "tensor",
+    }
+    every = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    conflicts["callbacks.model_checkpoint.every_n_train_steps"] = bool(
+        (every.get("every_n_train_steps") or 0) % steps
+    )
+    return [
+        f"{key}={OmegaConf.select(cfg, key)} does not go with data.steps_per_batch={steps}: it "
+        "needs one optimizer step per Lightning batch (automatic optimization, or a count of "
+        "batches). Set data.steps_per_batch=1, or drop the override (a count of steps: use "
+        "trainer.max_steps; every_n_train_steps: a multiple of steps_per_batch)."
+        for key, conflict in conflicts.items()
+        if conflict
     ]

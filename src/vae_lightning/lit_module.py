@@ -13,6 +13,7 @@ from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
 from vae_lightning import seeding
+from vae_lightning.data.loaders import PreparedBatches
 from vae_lightning.errors import ConfigError
 from vae_lightning.lr_schedules import stagewise_factor
 from vae_lightning.models.diagnostics import active_units
@@ -55,6 +56,56 @@ def train_values(terms: ELBOTerms) -> dict[str, Tensor]:
         for name, value in terms.by_name().items()
         if name in TRAIN_TERMS or name in terms.extras
     }
+
+
+# A checkpoint holds Lightning's loop counters, which count per batch and per optimization
+# mode: optimizer steps (global_step) in the tracker of the module's mode, batches of the
+# epoch (which decide when it ends and validates) in Lightning batches. Those of a run with
+# data.steps_per_batch > 1 are written as a run with one step per batch writes them, and read
+# back from that form, so that a run resumes exactly with any steps_per_batch.
+AUTOMATIC_PROGRESS = "epoch_loop.automatic_optimization.optim_progress"
+MANUAL_PROGRESS = "epoch_loop.manual_optimization.optim_step_progress"
+BATCH_PROGRESS = "epoch_loop.batch_progress"
+SCOPES = ("total", "current")
+
+
+def _set_counts(progress: dict[str, Any], **counts: int) -> None:
+    for scope, count in counts.items():
+        progress[scope] = dict.fromkeys(progress[scope], count)
+
+
+def _loader_state(fit: dict[str, Any]) -> dict[str, int]:
+    """The tensor loader's state: batches (of batch_size) handed out in the checkpoint's
+    epoch, and per epoch; empty for a loader without that state."""
+    loaders = fit.get("state_dict", {}).get("combined_loader") or [{}]
+    return loaders[0]
+
+
+def loop_counts_to_one_step_per_batch(loops: dict[str, Any]) -> None:
+    """A grouped run's counters in a checkpoint, as one step per batch keeps them."""
+    fit = loops["fit_loop"]
+    steps = fit[MANUAL_PROGRESS]["total"]["completed"]
+    batches = _loader_state(fit).get("batches_yielded")
+    epoch_steps = steps if batches is None else batches
+    for tracker in fit[AUTOMATIC_PROGRESS]["optimizer"].values():  # step and zero_grad
+        _set_counts(tracker, total=steps, current=epoch_steps)
+    _set_counts(fit[MANUAL_PROGRESS], total=0, current=0)
+    if batches is not None:
+        _set_counts(fit[BATCH_PROGRESS], total=steps, current=batches)
+
+
+def loop_counts_to_groups(loops: dict[str, Any], steps_per_batch: int) -> None:
+    """The inverse, as a run with ``steps_per_batch`` resumes from a checkpoint."""
+    fit = loops["fit_loop"]
+    steps = fit[AUTOMATIC_PROGRESS]["optimizer"]["step"]["total"]["completed"]
+    _set_counts(fit[MANUAL_PROGRESS], total=steps, current=steps)
+    loader = _loader_state(fit)
+    if "batches_per_epoch" in loader:
+        # The groups the epoch has minus those its remaining batches make: Lightning ends
+        # the epoch (and validates) when its count reaches the loader's length.
+        done, total = loader["batches_yielded"], loader["batches_per_epoch"]
+        groups = -(-total // steps_per_batch) - -(-(total - done) // steps_per_batch)
+        _set_counts(fit[BATCH_PROGRESS], total=-(-steps // steps_per_batch), current=groups)
 
 
 class VAELitModule(L.LightningModule):
@@ -191,6 +242,8 @@ class VAELitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_step = int(checkpoint.get("global_step", 0))
+        if not self.automatic_optimization and "loops" in checkpoint:
+            loop_counts_to_groups(checkpoint["loops"], self.steps_per_batch)
 
     def on_fit_start(self) -> None:
         self._static_step = None  # a new fit may bring a new optimizer
@@ -269,13 +322,26 @@ class VAELitModule(L.LightningModule):
                         **values,
                         "train/kl_weight": torch.full((), kl_weight, device=self.device),
                     }
-                self.log_dict(values, on_step=True, on_epoch=False, batch_size=len(images))
+                self._log_train_values(values, batch_size=len(images))
             return terms.loss
         for name, value in logged.items():
             metric = self.epoch_means[f"{stage}_{name}"]
             metric.update(value.detach(), len(images))
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
         return terms.loss
+
+    def _log_train_values(self, values: dict[str, Tensor], batch_size: int) -> None:
+        """This step's train/* values, to the loggers at this step and to callback_metrics.
+
+        Lightning writes what ``self.log`` collects once per batch; with several optimizer
+        steps per batch they are written here, at the step K = 1 writes them at (the count
+        before the step), through the same connector, so every logger sees the same calls.
+        """
+        if self.automatic_optimization:
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
+            return
+        self.trainer._logger_connector.log_metrics(values, step=self.global_step)
+        self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size, logger=False)
 
     def _writes_step_logs(self) -> bool:
         """Whether Lightning writes this training step's values to the loggers.
@@ -296,10 +362,57 @@ class VAELitModule(L.LightningModule):
             or (every > 0 and (self.global_step + 1) % every == 0)
         )
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        if not self.automatic_optimization:
+            self._grouped_training_steps(batch)
+            return None
         if self.hparams.train_step != "automatic":
             return self._static_training_step(batch)
         return self._shared_step(batch, "train")
+
+    # ------------------------------------------------ data.steps_per_batch > 1
+    # The data module hands each training_step a group of K batches (PreparedBatches), and
+    # this module takes one optimizer step per batch with Lightning's manual optimization:
+    # Lightning's per-batch work (fetch, ~15 hook calls into every callback, the closure,
+    # progress, logging) is then paid once per K steps, the CPU MLP's main overhead. What
+    # Lightning counts per batch is kept per optimizer step, so that logs and checkpoints
+    # are those of K = 1 (tested): global_step counts optimizer steps in both modes; the
+    # train/* values of every log_every_n_steps-th step are written at that step; and the
+    # loop's logging step (_batches_that_stepped, which Lightning advances by one per batch
+    # and writes val/* and test/* at) is set to the step count. Settings that count batches
+    # or need automatic optimization are refused (config_rules.steps_per_batch_problems).
+    @property
+    def steps_per_batch(self) -> int:
+        """Optimizer steps per training batch: the attached data module's ``steps_per_batch``
+        (1 without a trainer or for a data module without one)."""
+        trainer = self._trainer
+        return getattr(trainer.datamodule, "steps_per_batch", 1) if trainer is not None else 1
+
+    @property
+    def automatic_optimization(self) -> bool:
+        return self.steps_per_batch == 1
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:  # LightningModule.__init__ sets it
+        if not value:
+            raise ValueError("VAELitModule chooses its optimization from data.steps_per_batch")
+
+    def _grouped_training_steps(self, batches: PreparedBatches | tuple[Tensor, Tensor]) -> None:
+        """One optimizer step per batch of the group, in the order automatic optimization
+        takes it for one batch: forward, zero_grad, backward (with its hooks), step (with
+        on_before_optimizer_step, hence the NaN guard)."""
+        trainer = self.trainer
+        optimizer = self.optimizers()
+        group = batches if isinstance(batches, PreparedBatches) else (batches,)
+        for batch in group:
+            if 0 <= trainer.max_steps <= self.global_step:
+                break
+            loss = self._shared_step(batch, "train")
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        # Lightning adds one after this batch, then logs val/* at the value before that.
+        trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step - 1
 
     # ------------------------------------------------ train_step=static_eager / cuda_graph
     # Lightning's automatic optimization stays in charge of the loop, so global_step, the
@@ -386,9 +499,12 @@ class VAELitModule(L.LightningModule):
             super().backward(loss, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A graphed run's checkpoint as an automatic run writes it: Adam's ``capturable``
-        as configured and its step counters on the host (copies: the live state is the
-        graph's), so it resumes anywhere, in either mode."""
+        """Checkpoints as an automatic run with one step per batch writes them, so that they
+        resume in any mode: loop counters per step (data.steps_per_batch > 1); for a graphed
+        run, Adam's ``capturable`` as configured
+        and its step counters on the host (copies: the live state is the graph's)."""
+        if not self.automatic_optimization and "loops" in checkpoint:
+            loop_counts_to_one_step_per_batch(checkpoint["loops"])
         if self.hparams.train_step != "cuda_graph":
             return
         configured = bool(self.hparams.optimizer.get("capturable", False))

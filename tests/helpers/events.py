@@ -85,6 +85,15 @@ def written_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in _written(log_dir).Scalars(tag)]
 
 
+def all_written_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of ``log_dir``'s run -> ``(step, value)`` of each write, in order."""
+    written = _written(log_dir)
+    return {
+        tag: [(event.step, event.value) for event in written.Scalars(tag)]
+        for tag in written.Tags()["scalars"]
+    }
+
+
 def written_images(log_dir: Path, tag: str) -> list[event_accumulator.ImageEvent]:
     """Each image written under ``tag`` (``.step``, ``.height``, ``.width``, the PNG)."""
     return _written(log_dir).Images(tag)

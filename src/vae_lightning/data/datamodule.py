@@ -17,7 +17,13 @@ from torchvision.transforms import PILToTensor
 from vae_lightning.data.augment import random_hflip
 from vae_lightning.data.checksums import verify_checksum
 from vae_lightning.data.idx import DataFileError, read_image_label_pair
-from vae_lightning.data.loaders import ShardedPermutation, TensorBatchLoader
+from vae_lightning.data.loaders import (
+    Batch,
+    BatchGroup,
+    PreparedBatches,
+    ShardedPermutation,
+    TensorBatchLoader,
+)
 from vae_lightning.data.registry import DatasetInfo, IdxStorage, dataset_info
 from vae_lightning.errors import ConfigError
 from vae_lightning.param_types import ImageShape, Seed
@@ -128,6 +134,10 @@ class TensorImageDataModule(L.LightningDataModule):
     across runs); ``static`` fixes the training draw too; ``none`` keeps grey levels in [0, 1].
     With ``hflip`` each training image is mirrored left-right with probability 1/2, batch by
     batch on the device, drawn from the training stream (see data/augment.py).
+    With ``steps_per_batch`` K > 1 (tensor loader), each training batch Lightning sees is a
+    group of K batches of ``batch_size``, on each of which the model takes an optimizer step
+    (VAELitModule): the same steps, draws and numbers as K = 1, with Lightning's per-batch
+    work paid once per group (docs/speed.md, "Several optimizer steps per batch").
     """
 
     def __init__(
@@ -144,6 +154,7 @@ class TensorImageDataModule(L.LightningDataModule):
         image_shape: ImageShape = (1, 28, 28),
         hflip: bool = False,
         num_classes: NonNegativeInt | None = None,
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         super().__init__()
         self.info = dataset_info(dataset)
@@ -164,6 +175,7 @@ class TensorImageDataModule(L.LightningDataModule):
         self.transform = transform if transform is not None else PILToTensor()
         self.image_shape = tuple(image_shape)
         self.hflip = hflip
+        self.steps_per_batch = steps_per_batch
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.sources: dict[str, Path] = {}  # split -> the file or folder it was read from
 
@@ -231,7 +243,8 @@ class TensorImageDataModule(L.LightningDataModule):
             # VAELitModule.seed_eval_batch.
             block=1 if shuffle else batch_size,
         )
-        return TensorBatchLoader(images, labels, batch_size, sampler)
+        steps_per_batch = self.steps_per_batch if split == "train" else 1
+        return TensorBatchLoader(images, labels, batch_size, sampler, steps_per_batch)
 
     def _eval_batch_size(self, split: str, size: int, world: int) -> int:
         """eval_batch_size, made smaller when there are fewer batches than DDP ranks.
@@ -262,7 +275,12 @@ class TensorImageDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Flips, float conversion and dynamic binarization, on the whole batch, on its
-        device."""
+        device; a BatchGroup's batches one by one as the training step iterates them."""
+        if isinstance(batch, BatchGroup):
+            return PreparedBatches(batch, self._prepare)
+        return self._prepare(batch)
+
+    def _prepare(self, batch: Batch) -> Batch:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         if training and self.hflip:
@@ -298,6 +316,7 @@ class MNISTDataModule(TensorImageDataModule):
         verify_checksums: bool = True,
         hflip: bool = False,
         num_classes: NonNegativeInt | None = None,
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         super().__init__(
             dataset,
@@ -312,6 +331,7 @@ class MNISTDataModule(TensorImageDataModule):
             image_shape=image_shape,
             hflip=hflip,
             num_classes=num_classes,
+            steps_per_batch=steps_per_batch,
         )
         self.storage = self.storage_of(self.info)
         self.root, self.download = Path(root), download

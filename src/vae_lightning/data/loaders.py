@@ -7,10 +7,37 @@ DDP works the same: each rank gets a disjoint shard of one seeded permutation pe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
+
+Batch = tuple[Tensor, Tensor]  # (images, labels)
+
+
+class BatchGroup(tuple):
+    """Consecutive training batches handed to one ``training_step``, which takes one optimizer
+    step on each (``data.steps_per_batch``). A plain tuple to Lightning's device transfer."""
+
+
+class PreparedBatches:
+    """A BatchGroup whose batches are prepared (flipped, binarized) one at a time, as they
+    are iterated: each right before its own optimizer step, so the random draws come in the
+    order of one step per batch, and each prepared batch is used while it is in cache."""
+
+    def __init__(self, group: BatchGroup, prepare: Callable[[Batch], Batch]) -> None:
+        self.group, self.prepare = group, prepare
+
+    def __iter__(self) -> Iterator[Batch]:
+        return map(self.prepare, self.group)
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(images) for images, _ in self.group)
 
 
 class ShardedPermutation:
@@ -73,38 +100,69 @@ class ShardedPermutation:
 
 
 class TensorBatchLoader:
-    """Yields ``(images[idx], labels[idx])`` for consecutive batches of a ShardedPermutation."""
+    """Yields ``(images[idx], labels[idx])`` for consecutive batches of a ShardedPermutation.
+
+    With ``steps_per_batch`` K > 1 it yields BatchGroups of K such batches instead (the last
+    of an epoch may hold fewer): the same batches in the same order, so that Lightning's
+    per-batch work is paid once every K optimizer steps.
+    """
 
     def __init__(
-        self, images: Tensor, labels: Tensor, batch_size: int, sampler: ShardedPermutation
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        sampler: ShardedPermutation,
+        steps_per_batch: int = 1,
     ) -> None:
         self.images, self.labels = images, labels
-        self.batch_size = batch_size
+        self.batch_size, self.steps_per_batch = batch_size, steps_per_batch
         # Lightning reads these as it would a DataLoader's: it calls sampler.set_epoch(epoch)
         # each epoch, and sees that no batch sampler needs replacing.
         self.sampler = sampler
         self.batch_sampler = None
+        # Counted in batches, not groups, so that a run resumes with any steps_per_batch.
         self._yielded = 0  # batches handed out in the current pass
         self._skip = 0  # batches to pass over at the start of the next pass (resume)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         indices = self.sampler.indices().to(self.images.device)
         self._yielded, self._skip = self._skip, 0
-        for batch in indices.split(self.batch_size)[self._yielded :]:
-            self._yielded += 1  # before the yield: counts the batch being trained on
-            # index_select copies whole rows; advanced indexing (images[batch]) gathers uint8
-            # pixel by pixel: 10 vs 90 us for 128 MNIST images, 15 vs 320 us for 128 CIFAR
-            # ones (2-core EPYC, 2 threads).
-            yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
+        remaining = indices.split(self.batch_size)[self._yielded :]
+        if self.steps_per_batch == 1:
+            for batch in remaining:
+                self._yielded += 1  # before the yield: counts the batch being trained on
+                yield self._gather(batch)
+            return
+        for start in range(0, len(remaining), self.steps_per_batch):
+            group = remaining[start : start + self.steps_per_batch]
+            self._yielded += len(group)
+            yield BatchGroup(self._gather(batch) for batch in group)
+
+    def _gather(self, batch: Tensor) -> Batch:
+        # index_select copies whole rows; advanced indexing (images[batch]) gathers uint8
+        # pixel by pixel: 10 vs 90 us for 128 MNIST images, 15 vs 320 us for 128 CIFAR
+        # ones (2-core EPYC, 2 threads).
+        return self.images.index_select(0, batch), self.labels.index_select(0, batch)
 
     # Lightning's fit loop saves these in every checkpoint and, on a mid-epoch resume, loads
     # them before it builds the iterator: the epoch goes on from the next batch of the same
     # permutation instead of starting over with a new one.
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_yielded": self._yielded}
+        # batches_per_epoch: for a resume that groups them otherwise (VAELitModule).
+        return {
+            "epoch": self.sampler.epoch,
+            "batches_yielded": self._yielded,
+            "batches_per_epoch": self.num_batches,
+        }
+
+    @property
+    def num_batches(self) -> int:
+        """Batches of ``batch_size`` per epoch (the last may be smaller)."""
+        return -(-len(self.sampler) // self.batch_size)
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._skip = state_dict["batches_yielded"]
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        return -(-self.num_batches // self.steps_per_batch)

@@ -1,0 +1,134 @@
+"""data.steps_per_batch: several optimizer steps per Lightning batch, the same run as one."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import initialize_config_dir
+from test_resume import SMALL_RUN, TOTAL_STEPS, signal_at
+
+from helpers.events import all_written_scalars
+from helpers.paths import CONF_DIR
+from helpers.runs import compose_config
+from vae_lightning.data.loaders import BatchGroup, ShardedPermutation, TensorBatchLoader
+from vae_lightning.errors import ConfigError
+from vae_lightning.train import train
+
+# 10 steps per epoch in groups of 4, 4 and 2; train/* every 3rd step, so that log steps fall
+# inside groups, at their ends and across epochs.
+RUN = [*SMALL_RUN, "trainer.log_every_n_steps=3"]
+GROUPED = "data.steps_per_batch=4"
+
+
+def run(run_dir: Path, idx_root: Path, overrides: list[str]) -> Path:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        train(compose_config(run_dir, idx_root, [*RUN, *overrides]))
+    return run_dir
+
+
+def checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def assert_same_checkpoint(run_dir: Path, reference: Path) -> None:
+    """Weights, Adam's state and the loops' counters that resume reads, bit for bit."""
+    got, expected = checkpoint(run_dir), checkpoint(reference)
+    assert got["global_step"] == expected["global_step"] == TOTAL_STEPS
+    assert got["state_dict"].keys() == expected["state_dict"].keys()
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], value), name
+    for index, state in expected["optimizer_states"][0]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(got["optimizer_states"][0]["state"][index][key], value), key
+    # Every loop counter (steps, batches of the epoch, the logging step), as one step per
+    # batch counts them: what lets a checkpoint resume with any steps_per_batch.
+    assert got["loops"] == expected["loops"]
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    """The same checkpoint and every scalar written at the same steps with the same values."""
+    assert_same_checkpoint(run_dir, reference)
+    written = all_written_scalars(run_dir / "tensorboard")
+    assert written == all_written_scalars(reference / "tensorboard")
+
+
+@pytest.fixture(scope="module")
+def one_step_per_batch(tmp_path_factory: pytest.TempPathFactory, idx_root: Path) -> Path:
+    return run(tmp_path_factory.mktemp("k1"), idx_root, [])
+
+
+def test_grouped_steps_write_the_run_of_one_step_per_batch(one_step_per_batch, tmp_path, idx_root):
+    expected = all_written_scalars(one_step_per_batch / "tensorboard")
+    # train/* every third step at the count before the step (as Lightning writes them),
+    # val/* at the end of each epoch: steps inside groups, at their ends, across epochs.
+    assert [step for step, _ in expected["train/loss"]] == list(range(2, TOTAL_STEPS, 3))
+    assert [step for step, _ in expected["val/elbo"]] == [9, 19]
+    assert_same_run(run(tmp_path, idx_root, [GROUPED]), one_step_per_batch)
+
+
+@pytest.mark.parametrize(("interrupted", "resumed"), [(4, 1), (1, 4), (4, 4), (3, 4)])
+def test_a_run_resumes_exactly_with_any_steps_per_batch(
+    one_step_per_batch, tmp_path, idx_root, interrupted, resumed
+):
+    """Ctrl-C in the first epoch, resumed with the same or another setting: the loader's
+    state counts batches and checkpoints count per step, whatever wrote them. The signal
+    comes at the first group end at or after step 8 (9 for groups of 3)."""
+    stop = -(-8 // interrupted) * interrupted
+    with pytest.raises(SystemExit):
+        run(
+            tmp_path,
+            idx_root,
+            [f"data.steps_per_batch={interrupted}", *signal_at(stop, signal.SIGINT)],
+        )
+    assert checkpoint(tmp_path)["global_step"] == stop
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    run(tmp_path, idx_root, [f"data.steps_per_batch={resumed}", f"ckpt_path={last}"])
+    assert_same_run(tmp_path, one_step_per_batch)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.gradient_clip_val=30",
+        "+trainer.accumulate_grad_batches=2",
+        "+trainer.limit_train_batches=5",
+        "model.train_step=static_eager",
+        "data.loader=torch",
+    ],
+)
+def test_settings_that_count_batches_are_refused(compose_train, override):
+    cfg = compose_train([GROUPED, override])
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert f"{override.lstrip('+').split('=')[0]}=" in message
+    assert "data.steps_per_batch=4" in message and "Set data.steps_per_batch=1" in message
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_the_loader_groups_the_same_batches_and_counts_them_on_resume():
+    images, labels = torch.arange(10).view(10, 1, 1, 1), torch.arange(10)
+    sampler = ShardedPermutation(10, shuffle=True, seed=3)
+    single = [batch for batch, _ in TensorBatchLoader(images, labels, 3, sampler)]
+    grouped_loader = TensorBatchLoader(images, labels, 3, sampler, steps_per_batch=2)
+    groups = list(grouped_loader)
+    assert len(grouped_loader) == len(groups) == 2
+    assert all(isinstance(group, BatchGroup) for group in groups)
+    # The same batches in the same order: 3, 3 | 3, 1 images.
+    assert all(
+        torch.equal(got, expected)
+        for got, expected in zip([b for group in groups for b, _ in group], single, strict=True)
+    )
+    # After the first group two batches are handed out: a loader with one step per batch
+    # resumes with the third.
+    iterator = iter(grouped_loader)
+    next(iterator)
+    resumed = TensorBatchLoader(images, labels, 3, sampler)
+    resumed.load_state_dict(grouped_loader.state_dict())
+    assert all(
+        torch.equal(got, expected)
+        for got, expected in zip([b for b, _ in resumed], single[2:], strict=True)
+    )
