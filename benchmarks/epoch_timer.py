@@ -15,6 +15,11 @@ def synchronize(pl_module: L.LightningModule) -> None:
         torch.cuda.synchronize(pl_module.device)
 
 
+def batch_images(batch: Any) -> int:
+    """Images in a training batch: one batch, or a group of them (data.steps_per_batch)."""
+    return getattr(batch, "num_images", None) or len(batch[0])
+
+
 class EpochTimer(L.Callback):
     """Wall-clock and CPU seconds and image count of every training epoch.
 
@@ -40,7 +45,7 @@ class EpochTimer(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
-        self._count += len(batch[0])
+        self._count += batch_images(batch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize(pl_module)

@@ -21,7 +21,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from epoch_timer import synchronize  # benchmarks/ is on sys.path: the script's folder
+
+# benchmarks/ is on sys.path: the script's folder.
+from epoch_timer import batch_images, synchronize
 from torch import Tensor
 
 # Builds path a's step for the training images (uint8, on the device): step(index) trains on
@@ -77,7 +79,7 @@ class InterleavedPureLoop(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
-        self._images += len(batch[0])
+        self._images += batch_images(batch)
         self._steps += 1
         if self._steps < self.block:
             return

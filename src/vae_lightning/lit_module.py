@@ -66,7 +66,6 @@ def train_values(terms: ELBOTerms) -> dict[str, Tensor]:
 AUTOMATIC_PROGRESS = "epoch_loop.automatic_optimization.optim_progress"
 MANUAL_PROGRESS = "epoch_loop.manual_optimization.optim_step_progress"
 BATCH_PROGRESS = "epoch_loop.batch_progress"
-SCOPES = ("total", "current")
 
 
 def _set_counts(progress: dict[str, Any], **counts: int) -> None:
@@ -393,7 +392,7 @@ class VAELitModule(L.LightningModule):
         return self.steps_per_batch == 1
 
     @automatic_optimization.setter
-    def automatic_optimization(self, value: bool) -> None:  # LightningModule.__init__ sets it
+    def automatic_optimization(self, value: bool) -> None:  # LightningModule has a setter
         if not value:
             raise ValueError("VAELitModule chooses its optimization from data.steps_per_batch")
 

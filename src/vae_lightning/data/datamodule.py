@@ -134,6 +134,7 @@ class TensorImageDataModule(L.LightningDataModule):
     across runs); ``static`` fixes the training draw too; ``none`` keeps grey levels in [0, 1].
     With ``hflip`` each training image is mirrored left-right with probability 1/2, batch by
     batch on the device, drawn from the training stream (see data/augment.py).
+
     With ``steps_per_batch`` K > 1 (tensor loader), each training batch Lightning sees is a
     group of K batches of ``batch_size``, on each of which the model takes an optimizer step
     (VAELitModule): the same steps, draws and numbers as K = 1, with Lightning's per-batch
