@@ -260,31 +260,57 @@ def device_problems(devices: Any, accelerator: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ data.steps_per_batch
-def steps_per_batch_problems(cfg: Any) -> list[str]:
-    """What ``data.steps_per_batch`` K > 1 cannot keep exact: settings Lightning counts in
-    batches (each batch then holds K optimizer steps) and those of automatic optimization."""
-    steps = cfg.data.get("steps_per_batch", 1) if "data" in cfg else 1
-    if not isinstance(steps, int) or steps <= 1:
-        return []
+def _counts_batches(value: Any) -> bool:
+    """A Lightning setting in batches or in a fraction of them: anything but "all" (1.0)."""
+    return value is not None and not (isinstance(value, float) and value == 1.0)
+
+
+def one_step_per_batch_settings(cfg: Any, steps: int) -> dict[str, bool]:
+    """The run's settings that need one optimizer step per Lightning batch, each True when
+    set: those Lightning counts in batches (each batch holds ``steps`` optimizer steps with
+    data.steps_per_batch > 1) and those of automatic optimization. Untested with K > 1:
+    several devices and fast_dev_run (Lightning counts its batches too)."""
     trainer, model = cfg.get("trainer") or {}, cfg.get("model") or {}
-    conflicts = {
+    every = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    return {
         "trainer.gradient_clip_val": bool(trainer.get("gradient_clip_val")),
         "trainer.accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1) != 1,
-        "trainer.limit_train_batches": isinstance(trainer.get("limit_train_batches"), int),
-        "trainer.val_check_interval": isinstance(trainer.get("val_check_interval"), int),
+        "trainer.limit_train_batches": _counts_batches(trainer.get("limit_train_batches")),
+        "trainer.val_check_interval": _counts_batches(trainer.get("val_check_interval")),
+        "trainer.fast_dev_run": bool(trainer.get("fast_dev_run")),
+        "trainer.devices": trainer.get("devices", 1) != 1,
         "model.train_step": model.get("train_step", "automatic") != "automatic",
         "model.lr_stage_growth": bool(model.get("lr_stage_growth", 0)),
         "data.loader": cfg.data.get("loader", "tensor") != "tensor",
+        "callbacks.model_checkpoint.every_n_train_steps": bool(
+            (every.get("every_n_train_steps") or 0) % steps
+        ),
     }
-    every = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
-    conflicts["callbacks.model_checkpoint.every_n_train_steps"] = bool(
-        (every.get("every_n_train_steps") or 0) % steps
-    )
+
+
+def steps_per_batch(preferred: int, *, _root_: Any) -> int:
+    """``${steps_per_batch:8}`` (conf/data/mnist.yaml): ``preferred`` optimizer steps per
+    Lightning batch, or 1 where a setting of the run needs one per batch. Both train the same
+    run (tests/test_steps_per_batch.py); 1 is only slower on a CPU."""
+    if any(one_step_per_batch_settings(_root_, preferred).values()):
+        return 1
+    return preferred
+
+
+OmegaConf.register_new_resolver("steps_per_batch", steps_per_batch, replace=True)
+
+
+def steps_per_batch_problems(cfg: Any) -> list[str]:
+    """An explicit ``data.steps_per_batch`` K > 1 with a setting that needs one optimizer
+    step per batch (the default picks 1 by itself there)."""
+    steps = cfg.data.get("steps_per_batch", 1) if "data" in cfg else 1
+    if not isinstance(steps, int) or steps <= 1:
+        return []
     return [
         f"{key}={OmegaConf.select(cfg, key)} does not go with data.steps_per_batch={steps}: it "
         "needs one optimizer step per Lightning batch (automatic optimization, or a count of "
         "batches). Set data.steps_per_batch=1, or drop the override (a count of steps: use "
         "trainer.max_steps; every_n_train_steps: a multiple of steps_per_batch)."
-        for key, conflict in conflicts.items()
+        for key, conflict in one_step_per_batch_settings(cfg, steps).items()
         if conflict
     ]
