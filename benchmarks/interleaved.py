@@ -2,13 +2,14 @@
 
 This VM's speed drifts by 10-30 % from one minute to the next, more than the framework costs
 (see RESULTS.md), so two processes timed one after the other compare two machines as much as
-two loops. Here vae-train (path b) runs as usual, and every ``block`` training batches this
+two loops. Here vae-train (path b) runs as usual, and every ``block`` training steps this
 callback runs as many full batches of the pure loop (path a: its own network and fused Adam, the
 same gather, binarization and objective) on the same training images, timing both. Each
 pair of blocks is a few seconds apart, so a drift falls on both alike.
 
 The Lightning block is the wall time between the end of one pure block and the end of the
-``block``-th batch after it (inside this callback's ``on_train_batch_end``), so every
+Lightning batch that completes ``block`` optimizer steps after it (inside this callback's
+``on_train_batch_end``; with data.steps_per_batch K, a batch holds K steps), so every
 Lightning cost is counted once per cycle: fetch, hooks, callbacks, logging, the step itself.
 Blocks cut short by an epoch's end are dropped.
 """
@@ -32,7 +33,7 @@ PureStepFactory = Callable[[Tensor], Callable[[Tensor], None]]
 
 
 class InterleavedPureLoop(L.Callback):
-    """Times ``block`` vae-train batches, then as many pure-loop batches, and so on.
+    """Times ``block`` vae-train steps, then as many pure-loop steps, and so on.
 
     ``pairs`` holds one ``(epoch, lightning_s, lightning_images, pure_s, pure_images)`` per
     complete cycle.
@@ -80,7 +81,7 @@ class InterleavedPureLoop(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         self._images += batch_images(batch)
-        self._steps += 1
+        self._steps += -(-batch_images(batch) // self._batch_size)  # K in a group of K
         if self._steps < self.block:
             return
         lightning_end = self._now(pl_module)

@@ -15,6 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from vae_lightning.data.loaders import PreparedBatches
+
 
 class PauseAtStep(L.Callback):
     """At the end of training step ``step``, write ``marker`` and wait until a signal
@@ -71,5 +73,23 @@ class NaNBatches(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.start <= trainer.global_step < self.start + self.count:
-            batch[0].fill_(torch.nan)
+        if not isinstance(batch, PreparedBatches):
+            if self._poisons(trainer.global_step):
+                batch[0].fill_(torch.nan)
+            return
+        # A group (data.steps_per_batch): its batches are prepared as their steps come.
+        steps, prepare = (
+            iter(range(trainer.global_step, trainer.global_step + len(batch))),
+            batch.prepare,
+        )
+
+        def prepare_then_poison(raw: Any) -> Any:
+            images, labels = prepare(raw)
+            if self._poisons(next(steps)):
+                images.fill_(torch.nan)
+            return images, labels
+
+        batch.prepare = prepare_then_poison
+
+    def _poisons(self, step: int) -> bool:
+        return self.start <= step < self.start + self.count

@@ -50,6 +50,7 @@ def test_only_training_batches_are_flipped(idx_root):
 
 # 500 training images in batches of 50: 10 steps, one epoch, interrupted after step 6.
 RUN = [
+    "data.steps_per_batch=1",  # interrupts at given steps (test_steps_per_batch.py: K > 1)
     "data.batch_size=50",
     "data.hflip=true",
     "model.latent_dim=4",

@@ -25,6 +25,7 @@ from vae_lightning.train import train
 
 # 500 training images in batches of 50: 10 steps per epoch, 20 in all.
 SMALL_RUN = [
+    "data.steps_per_batch=1",  # interrupts at given steps (test_steps_per_batch.py: K > 1)
     "data.batch_size=50",
     "model.latent_dim=4",
     "model.net.hidden_dims=[32]",

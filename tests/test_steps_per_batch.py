@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import initialize_config_dir
+from test_nan_guard import inject_nan_at
 from test_resume import SMALL_RUN, TOTAL_STEPS, signal_at
 
 from helpers.events import all_written_scalars
 from helpers.paths import CONF_DIR
 from helpers.runs import compose_config
+from vae_lightning.callbacks.nan_guard import NonFiniteLossError
 from vae_lightning.data.loaders import BatchGroup, ShardedPermutation, TensorBatchLoader
 from vae_lightning.errors import ConfigError
 from vae_lightning.train import train
@@ -51,13 +53,17 @@ def assert_same_checkpoint(run_dir: Path, reference: Path) -> None:
 def assert_same_run(run_dir: Path, reference: Path) -> None:
     """The same checkpoint and every scalar written at the same steps with the same values."""
     assert_same_checkpoint(run_dir, reference)
-    written = all_written_scalars(run_dir / "tensorboard")
-    assert written == all_written_scalars(reference / "tensorboard")
+    # repr: a NaN logged by a skipped step equals a NaN (== does not).
+    written, expected = (
+        {tag: repr(writes) for tag, writes in all_written_scalars(d / "tensorboard").items()}
+        for d in (run_dir, reference)
+    )
+    assert written == expected
 
 
 @pytest.fixture(scope="module")
 def one_step_per_batch(tmp_path_factory: pytest.TempPathFactory, idx_root: Path) -> Path:
-    return run(tmp_path_factory.mktemp("k1"), idx_root, [])
+    return run(tmp_path_factory.mktemp("k1"), idx_root, ["data.steps_per_batch=1"])
 
 
 def test_grouped_steps_write_the_run_of_one_step_per_batch(one_step_per_batch, tmp_path, idx_root):
@@ -132,3 +138,41 @@ def test_the_loader_groups_the_same_batches_and_counts_them_on_resume():
         torch.equal(got, expected)
         for got, expected in zip([b for b, _ in resumed], single[2:], strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], 8),
+        (["trainer.gradient_clip_val=30"], 1),
+        (["debug=fast"], 1),
+        (["experiment=reference_mlp"], 1),
+        (["trainer.devices=2"], 1),
+        (["data.loader=torch"], 1),
+        (["model.train_step=static_eager"], 1),
+        (["+trainer.limit_train_batches=0.5"], 1),
+        (["+trainer.limit_train_batches=1.0"], 8),
+        (["+callbacks.model_checkpoint.every_n_train_steps=16"], 8),
+        (["+callbacks.model_checkpoint.every_n_train_steps=20"], 1),
+    ],
+)
+def test_the_default_is_8_steps_per_batch_where_no_setting_needs_one(
+    compose_train, overrides, expected
+):
+    assert compose_train(overrides).data.steps_per_batch == expected
+
+
+def test_a_nan_inside_a_group_names_its_step_and_batch(tmp_path, idx_root):
+    """NaN images at step 5, the second batch of the second group of 4."""
+    with pytest.raises(NonFiniteLossError) as info:
+        run(tmp_path, idx_root, [GROUPED, *inject_nan_at(5)])
+    assert "Non-finite training loss at step 5 (epoch 0, batch 5)" in str(info.value)
+    emergency = tmp_path / "checkpoints" / "nonfinite_step_000005.ckpt"
+    assert torch.load(emergency, weights_only=True)["global_step"] == 5
+
+
+def test_skipped_nan_batches_skip_the_same_steps(tmp_path, idx_root):
+    """nan_policy=skip over steps 3-5 (across a group end): the same run with 1 and 4."""
+    nan = ["nan_policy=skip", *inject_nan_at(3, count=3)]
+    one = run(tmp_path / "one", idx_root, ["data.steps_per_batch=1", *nan])
+    assert_same_run(run(tmp_path / "four", idx_root, [GROUPED, *nan]), one)

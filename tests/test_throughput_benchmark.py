@@ -17,6 +17,7 @@ def test_interleaved_blocks_time_the_same_work_on_both_paths(idx_root, tmp_path)
         *("--models", "mlp", "--batch-sizes", "20", "--epochs", "2", "--interleaved", "5"),
         *("--data-root", str(idx_root), "--val-size", "100", "--threads", "1"),
         *("--json", str(raw), "--override=~callbacks.progress_bar"),
+        "--override=data.steps_per_batch=1",  # blocks of 5 Lightning batches, 5 per epoch
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -194,6 +194,7 @@ class VAELitModule(L.LightningModule):
         self.last_train_values: dict[str, Tensor] = {}  # train/* of the latest training step
         self._checkpoint_step: int | None = None  # set when weights come from a checkpoint
         self._static_step: StaticTrainingStep | None = None  # built at the first train step
+        self._unwritten_train_values: dict[str, Tensor] | None = None  # steps_per_batch > 1
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> VAEOutput:
         return self.net(x, labels)
@@ -333,14 +334,24 @@ class VAELitModule(L.LightningModule):
         """This step's train/* values, to the loggers at this step and to callback_metrics.
 
         Lightning writes what ``self.log`` collects once per batch; with several optimizer
-        steps per batch they are written here, at the step K = 1 writes them at (the count
-        before the step), through the same connector, so every logger sees the same calls.
+        steps per batch they are written by :meth:`_write_train_values`, through the same
+        connector, so every logger sees the calls of one step per batch.
         """
         if self.automatic_optimization:
             self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
             return
-        self.trainer._logger_connector.log_metrics(values, step=self.global_step)
+        self._unwritten_train_values = values  # written after the optimizer step
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size, logger=False)
+
+    def _write_train_values(self) -> None:
+        """The step's train/* values (if it logs), after its optimizer step as Lightning
+        writes them: at the count before the step, with what callbacks logged on the step's
+        hooks (the NaN guard's skip count)."""
+        values, self._unwritten_train_values = self._unwritten_train_values, None
+        if values is not None:
+            connector = self.trainer._logger_connector
+            logged = {**connector.metrics["log"], **values}
+            connector.log_metrics(logged, step=self.global_step - 1)
 
     def _writes_step_logs(self) -> bool:
         """Whether Lightning writes this training step's values to the loggers.
@@ -410,6 +421,7 @@ class VAELitModule(L.LightningModule):
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
+            self._write_train_values()
         # Lightning adds one after this batch, then logs val/* at the value before that.
         trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step - 1
 

@@ -55,7 +55,9 @@ class NonFiniteLossGuard(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._batch_idx = batch_idx
+        # The batch of the epoch this step trains on: a Lightning batch holds
+        # pl_module.steps_per_batch of them with data.steps_per_batch > 1.
+        self._batch_idx = batch_idx * getattr(pl_module, "steps_per_batch", 1)
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
@@ -71,12 +73,11 @@ class NonFiniteLossGuard(L.Callback):
         non_finite = trainer.strategy.reduce_boolean_decision(
             bool(~torch.isfinite(loss).all()), all=False
         )
+        batch_idx, self._batch_idx = self._batch_idx, self._batch_idx + 1  # next: within a group
         if not non_finite:
             self._consecutive = 0
             return
-        where = (
-            f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx})"
-        )
+        where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
         terms = self._describe_terms(trainer, pl_module)
         self._consecutive += 1
         if self.policy == "skip" and self._consecutive <= self.max_consecutive_skips:
