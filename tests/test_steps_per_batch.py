@@ -17,10 +17,12 @@ from helpers.runs import compose_config
 from vae_lightning.callbacks.nan_guard import NonFiniteLossError
 from vae_lightning.data.loaders import BatchGroup, ShardedPermutation, TensorBatchLoader
 from vae_lightning.errors import ConfigError
+from vae_lightning.lit_module import VAELitModule
 from vae_lightning.train import train
 
 # 10 steps per epoch in groups of 4, 4 and 2; train/* every 3rd step, so that log steps fall
-# inside groups, at their ends and across epochs.
+# inside groups, at their ends and across epochs. SMALL_RUN sets data.steps_per_batch=1; a
+# later override of it wins.
 RUN = [*SMALL_RUN, "trainer.log_every_n_steps=3"]
 GROUPED = "data.steps_per_batch=4"
 
@@ -66,13 +68,26 @@ def one_step_per_batch(tmp_path_factory: pytest.TempPathFactory, idx_root: Path)
     return run(tmp_path_factory.mktemp("k1"), idx_root, ["data.steps_per_batch=1"])
 
 
-def test_grouped_steps_write_the_run_of_one_step_per_batch(one_step_per_batch, tmp_path, idx_root):
+def test_grouped_steps_write_the_run_of_one_step_per_batch(
+    one_step_per_batch, tmp_path, idx_root, monkeypatch
+):
+    calls = []  # training_step's batches: groups of 4, 4 and 2 per epoch
+    real_step = VAELitModule.training_step
+    monkeypatch.setattr(
+        VAELitModule,
+        "training_step",
+        lambda module, batch, batch_idx: (
+            calls.append(len(batch)) or real_step(module, batch, batch_idx)
+        ),
+    )
+    grouped = run(tmp_path, idx_root, [GROUPED])
+    assert calls == [4, 4, 2] * 2
     expected = all_written_scalars(one_step_per_batch / "tensorboard")
     # train/* every third step at the count before the step (as Lightning writes them),
     # val/* at the end of each epoch: steps inside groups, at their ends, across epochs.
     assert [step for step, _ in expected["train/loss"]] == list(range(2, TOTAL_STEPS, 3))
     assert [step for step, _ in expected["val/elbo"]] == [9, 19]
-    assert_same_run(run(tmp_path, idx_root, [GROUPED]), one_step_per_batch)
+    assert_same_run(grouped, one_step_per_batch)
 
 
 @pytest.mark.parametrize(("interrupted", "resumed"), [(4, 1), (1, 4), (4, 4), (3, 4)])
