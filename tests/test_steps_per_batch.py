@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import initialize_config_dir
+from hydra.utils import instantiate
 from test_nan_guard import inject_nan_at
 from test_resume import SMALL_RUN, TOTAL_STEPS, signal_at
 
 from helpers.events import all_written_scalars
 from helpers.paths import CONF_DIR
-from helpers.runs import compose_config
+from helpers.runs import compose_config, compose_data_option
 from vae_lightning.callbacks.nan_guard import NonFiniteLossError
 from vae_lightning.data.loaders import BatchGroup, ShardedPermutation, TensorBatchLoader
 from vae_lightning.errors import ConfigError
@@ -191,3 +192,13 @@ def test_skipped_nan_batches_skip_the_same_steps(tmp_path, idx_root):
     nan = ["nan_policy=skip", *inject_nan_at(3, count=3)]
     one = run(tmp_path / "one", idx_root, ["data.steps_per_batch=1", *nan])
     assert_same_run(run(tmp_path / "four", idx_root, [GROUPED, *nan]), one)
+
+
+@pytest.mark.parametrize(
+    "data", ["mnist", "fashion_mnist", "cifar10", "dsprites", "celeba", "image_folder"]
+)
+def test_every_data_module_takes_8_steps_per_batch_by_default(tmp_path, data):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # image_folder has no default folder: any will do, nothing is read here.
+        cfg = compose_data_option(tmp_path, data, [f"data.root={tmp_path}"])
+    assert instantiate(cfg.data).steps_per_batch == 8

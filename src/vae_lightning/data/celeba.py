@@ -49,6 +49,7 @@ class CelebADataModule(DecodedImagesDataModule):
         transform: Any = None,
         image_shape: ImageShape = (3, 64, 64),
         hflip: bool = False,
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         super().__init__(
             dataset,
@@ -68,6 +69,7 @@ class CelebADataModule(DecodedImagesDataModule):
             transform=transform,
             image_shape=image_shape,
             hflip=hflip,
+            steps_per_batch=steps_per_batch,
         )
         self.storage = self.info.images or dataset_info("celeba").images
         self.data_root, self.download = Path(root), download

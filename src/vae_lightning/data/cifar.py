@@ -182,6 +182,7 @@ class CIFAR10DataModule(MNISTDataModule):
         hflip: bool = False,
         num_classes: NonNegativeInt | None = 10,
         dataset: Literal["cifar10"] = "cifar10",
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         if tuple(image_shape) != IMAGE_SHAPE:
             raise ValueError(f"data.image_shape={list(image_shape)}: CIFAR-10 is [3, 32, 32].")
@@ -203,6 +204,7 @@ class CIFAR10DataModule(MNISTDataModule):
             verify_checksums=verify_checksums,
             hflip=hflip,
             num_classes=num_classes,
+            steps_per_batch=steps_per_batch,
         )
         self._official: dict[str, tuple[Tensor, Tensor]] = {}
 

@@ -227,6 +227,7 @@ class DSpritesDataModule(MNISTDataModule):
         hflip: bool = False,
         num_classes: NonNegativeInt | None = 3,
         dataset: Literal["dsprites"] = "dsprites",
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         if tuple(image_shape) != IMAGE_SHAPE:
             raise ValueError(f"data.image_shape={list(image_shape)}: dSprites is [1, 64, 64].")
@@ -247,6 +248,7 @@ class DSpritesDataModule(MNISTDataModule):
             verify_checksums=False,  # DeepMind publishes no checksum; its file is checked
             hflip=hflip,
             num_classes=num_classes,
+            steps_per_batch=steps_per_batch,
         )
         self.subset, self.test_size = subset, test_size
         self.split_factors: dict[str, Tensor] = {}

@@ -246,6 +246,7 @@ class ImageFolderDataModule(DecodedImagesDataModule):
         image_shape: ImageShape = (3, 64, 64),
         hflip: bool = False,
         num_classes: NonNegativeInt | None = None,
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         super().__init__(
             dataset,
@@ -266,6 +267,7 @@ class ImageFolderDataModule(DecodedImagesDataModule):
             transform=transform,
             image_shape=image_shape,
             hflip=hflip,
+            steps_per_batch=steps_per_batch,
         )
         if split == "random" and val_fraction + test_fraction >= 1:
             raise ConfigError(
