@@ -80,8 +80,9 @@ class InterleavedPureLoop(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
-        self._images += batch_images(batch)
-        self._steps += -(-batch_images(batch) // self._batch_size)  # K in a group of K
+        images = batch_images(batch)
+        self._images += images
+        self._steps += -(-images // self._batch_size)  # K in a group of K
         if self._steps < self.block:
             return
         lightning_end = self._now(pl_module)

@@ -289,7 +289,7 @@ def one_step_per_batch_settings(cfg: Any, steps: int) -> dict[str, bool]:
 
 
 def steps_per_batch(preferred: int, *, _root_: Any) -> int:
-    """``${steps_per_batch:8}`` (conf/data/mnist.yaml): ``preferred`` optimizer steps per
+    """``${steps_per_batch:8}`` (every conf/data/*.yaml): ``preferred`` optimizer steps per
     Lightning batch, or 1 where a setting of the run needs one per batch. Both train the same
     run (tests/test_steps_per_batch.py); 1 is only slower on a CPU."""
     if any(one_step_per_batch_settings(_root_, preferred).values()):

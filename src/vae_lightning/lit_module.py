@@ -341,8 +341,9 @@ class VAELitModule(L.LightningModule):
     # are those of K = 1 (tested): global_step counts optimizer steps in both modes; the
     # train/* values of every log_every_n_steps-th step are written at that step; and the
     # loop's logging step (_batches_that_stepped, which Lightning advances by one per batch
-    # and writes val/* and test/* at) is set to the step count. Settings that count batches
-    # or need automatic optimization are refused (config_rules.steps_per_batch_problems).
+    # and writes val/* and test/* at) is set to the step count. Where a setting counts
+    # batches or needs automatic optimization, the default ${steps_per_batch:8} is 1 and an
+    # explicit K > 1 is refused (config_rules.py).
     @property
     def steps_per_batch(self) -> int:
         """Optimizer steps per training batch: the attached data module's ``steps_per_batch``
